@@ -1,0 +1,33 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+# Both create .venv and install everything they need first (target `install`).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): setup.py
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	# bqemulator's DuckDB would download the spatial extension at start; install it from the wheel instead.
+	$(BIN)/python -c 'import duckdb_extensions; duckdb_extensions.import_extension("spatial")'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(BIN)/predaudit demo
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: install
+	$(BIN)/python -m tests.bench.run_bench
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,209 @@
+"""The ``predaudit`` command: validate, simulate, schema, demo.
+
+Exit codes: 0 success (all valid), 1 invalid input found, 2 usage error (message, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import gzip
+import pathlib
+import sys
+from collections.abc import Iterator, Sequence
+from typing import IO
+
+import orjson
+
+from schemas import Decoders, EventValidationError, Limits
+from schemas.specs import QualityChecker, SpecError, load_specs
+
+DEFAULT_SPECS = pathlib.Path(__file__).resolve().parent.parent / "schemas" / "models"
+
+
+class UsageError(Exception):
+    """A problem with the command line or its inputs; printed without traceback, exit 2."""
+
+
+def _open_lines(path: str) -> Iterator[bytes]:
+    if path == "-":
+        stream: IO[bytes] = sys.stdin.buffer
+    else:
+        p = pathlib.Path(path)
+        if not p.is_file():
+            raise UsageError(f"{path}: no such file")
+        stream = gzip.open(p, "rb") if p.suffix == ".gz" else p.open("rb")
+    with stream:
+        for line in stream:
+            yield line.rstrip(b"\r\n")
+
+
+def _load_specs(path: str | None) -> dict:
+    if path is None:
+        return {}
+    try:
+        return load_specs(path)
+    except SpecError as exc:
+        raise UsageError(f"invalid model spec: {exc}") from None
+
+
+def cmd_validate(args: argparse.Namespace, out: IO[str]) -> int:
+    dec = Decoders(Limits())
+    checkers = {name: QualityChecker(spec) for name, spec in _load_specs(args.spec).items()}
+    decode = dec.prediction if args.kind == "prediction" else dec.label
+    valid = invalid = 0
+    errors: collections.Counter[str] = collections.Counter()
+    quality: collections.Counter[str] = collections.Counter()
+    first: list[tuple[int, EventValidationError]] = []
+    try:
+        for lineno, raw in enumerate(_open_lines(args.path), 1):
+            if not raw.strip():
+                continue
+            try:
+                ev, _ = decode(raw)
+            except EventValidationError as exc:
+                invalid += 1
+                errors[exc.code] += 1
+                if len(first) < args.show:
+                    first.append((lineno, exc))
+                continue
+            valid += 1
+            checker = checkers.get(ev.model.name) if args.kind == "prediction" else None
+            if checker is not None:
+                for issue in checker.check(ev.features):
+                    quality[issue.split(":", 1)[0]] += 1
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise UsageError(f"{args.path}: cannot read: {exc}") from None
+    if args.json:
+        doc = {"valid": valid, "invalid": invalid, "errors": dict(errors), "quality_issues": dict(quality)}
+        out.write(orjson.dumps(doc).decode() + "\n")
+    else:
+        out.write(f"{args.path}: {valid} valid, {invalid} invalid {args.kind} event(s)\n")
+        for code, n in errors.most_common():
+            out.write(f"  {code:<24} {n}\n")
+        for lineno, exc in first:
+            out.write(f"  line {lineno}: {exc.code} at {exc.path}: {exc.message[:160]} -- fix: {exc.hint}\n")
+        if quality:
+            out.write("quality issues (events are valid and audited):\n")
+            for code, n in quality.most_common():
+                out.write(f"  {code:<24} {n}\n")
+    return 0 if invalid == 0 else 1
+
+
+def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
+    from schemas.simulate import SimConfig, Simulator
+
+    specs = _load_specs(args.spec or str(DEFAULT_SPECS))
+    if args.model not in specs:
+        raise UsageError(f"no model spec named {args.model!r} (known: {sorted(specs)}); pass --spec")
+    if args.events < 0 or not 0 <= args.bad_fraction <= 1 or not 0 <= args.duplicate_fraction <= 1:
+        raise UsageError("--events must be >= 0 and fractions within [0, 1]")
+    if (args.drift_at is None) != (args.drift_feature is None):
+        raise UsageError("--drift-at and --drift-feature go together")
+    cfg = SimConfig(
+        model=args.model,
+        events=args.events,
+        seed=args.seed,
+        drift_at=args.drift_at,
+        drift_feature=args.drift_feature,
+        drift_shift=args.drift_shift,
+        bad_fraction=args.bad_fraction,
+        duplicate_fraction=args.duplicate_fraction,
+        label_fraction=1.0 if args.labels_out else 0.0,
+    )
+    try:
+        sim = Simulator(specs[args.model], cfg)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    opener = gzip.open if args.out.endswith(".gz") else open
+    counts: collections.Counter[str] = collections.Counter()
+    labels_fh = open(args.labels_out, "wb") if args.labels_out else None  # noqa: SIM115
+    try:
+        with opener(args.out, "wb") as fh:
+            for line in sim.lines():
+                fh.write(line.raw + b"\n")
+                counts[line.kind] += 1
+                if labels_fh is not None and line.label is not None:
+                    labels_fh.write(line.label + b"\n")
+    finally:
+        if labels_fh is not None:
+            labels_fh.close()
+    out.write(f"wrote {sum(counts.values())} lines to {args.out}: {dict(counts)}\n")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace, out: IO[str]) -> int:
+    from schemas.tables import render_ddl
+
+    out.write(render_ddl(args.target, database=args.database, project=args.project, ttl_days=args.ttl_days))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
+    """Validation demo: simulate a stream with malformed lines, then validate it."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(pathlib.Path(tmp) / "events.jsonl")
+        parser = build_parser()
+        cmd_simulate(parser.parse_args(["simulate", "--events", "5000", "--bad-fraction", "0.03", "--out", path]), out)
+        cmd_validate(parser.parse_args(["validate", path, "--spec", str(DEFAULT_SPECS)]), out)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="predaudit", description="Streaming prediction audit for ML platforms.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="validate a JSON Lines file of events against the contract")
+    v.add_argument("path", help="JSONL file (.gz accepted) or - for stdin")
+    v.add_argument("--kind", choices=["prediction", "label"], default="prediction")
+    v.add_argument("--spec", help="model spec YAML (file or folder) for quality checks")
+    v.add_argument("--json", action="store_true", help="print one JSON summary object")
+    v.add_argument("--show", type=int, default=5, help="how many errors to show with line numbers")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("simulate", help="write a synthetic JSONL prediction stream")
+    s.add_argument("--model", default="fraud")
+    s.add_argument("--spec", help="model spec file or folder (default: the bundled specs)")
+    s.add_argument("--events", type=int, required=True)
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--drift-at", type=int)
+    s.add_argument("--drift-feature")
+    s.add_argument("--drift-shift", type=float, default=1.0, help="shift in standard deviations")
+    s.add_argument("--bad-fraction", type=float, default=0.0, help="fraction of malformed lines")
+    s.add_argument("--duplicate-fraction", type=float, default=0.0, help="fraction of re-sent events")
+    s.add_argument("--labels-out", help="also write one LabelEvent per valid prediction here")
+    s.add_argument("--out", required=True)
+    s.set_defaults(func=cmd_simulate)
+
+    sc = sub.add_parser("schema", help="print table definitions")
+    scs = sc.add_subparsers(dest="schema_command", required=True)
+    ddl = scs.add_parser("ddl", help="BigQuery table resources (JSON) or ClickHouse DDL")
+    ddl.add_argument("--target", choices=["bigquery", "clickhouse"], required=True)
+    ddl.add_argument("--database", default="audit", help="BigQuery dataset / ClickHouse database")
+    ddl.add_argument("--project", default="my-project")
+    ddl.add_argument("--ttl-days", type=int, default=0, help="ClickHouse TTL (0 = keep forever)")
+    ddl.set_defaults(func=cmd_schema)
+
+    d = sub.add_parser("demo", help="the local end-to-end demo")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    out = out or sys.stdout
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args, out)
+    except UsageError as exc:
+        sys.stderr.write(f"predaudit {args.command}: error: {exc}\n")
+        return 2
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,280 @@
+"""Model specs: per-model feature rules, PII rules and monitor settings (YAML).
+
+A spec never rejects an event: a valid event whose data looks wrong still happened,
+so it is audited with ``quality_issues`` (see ARCHITECTURE.md, "two kinds of bad input").
+PII rules are applied before any row is written: ``hash`` replaces the value with a keyed
+HMAC-SHA256 (the key never appears in logs or reprs), ``drop`` removes the feature.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import math
+import os
+import pathlib
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+FeatureType = Literal["numeric", "categorical", "boolean", "text", "vector"]
+QUALITY_ISSUES = ("feature_out_of_range", "unseen_category", "missing_feature", "unexpected_feature", "type_mismatch")
+PII_KEY_ENV = "PREDAUDIT_PII_KEY"
+PII_KEY_FILE_ENV = "PREDAUDIT_PII_KEY_FILE"
+
+
+class SpecError(ValueError):
+    """A model spec that cannot be used: names the file, the key and what is wrong."""
+
+    def __init__(self, file: str, key: str, message: str) -> None:
+        super().__init__(f"{file}: {key}: {message}")
+        self.file, self.key, self.message = file, key, message
+
+
+class Feature(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    type: FeatureType
+    range: tuple[float, float] | None = None
+    categories: list[str] | None = None
+    required: bool = True
+    pii: Literal["hash", "drop"] | None = None
+    description: str = ""
+
+
+class PsiSettings(msgspec.Struct, forbid_unknown_fields=True):
+    bins: int = 10
+    epsilon: float = 1e-4
+    warning: float = 0.1
+    critical: float = 0.25
+    top_k: int = 20
+
+
+class AdwinSettings(msgspec.Struct, forbid_unknown_fields=True):
+    delta: float = 0.002
+    clock: int = 32
+
+
+class MonitorSettings(msgspec.Struct, forbid_unknown_fields=True):
+    window_seconds: int = 300
+    allowed_lateness_seconds: int = 600
+    min_sample_size: int = 500
+    warmup_events: int = 2000
+    psi: PsiSettings = msgspec.field(default_factory=PsiSettings)
+    adwin: AdwinSettings = msgspec.field(default_factory=AdwinSettings)
+    latency_slo_ms: float | None = None
+    accuracy_min: float | None = None
+    label_join_horizon_seconds: int = 3600
+    cooldown_seconds: int = 3600
+    reference: str | None = None
+
+
+class PredictionSpec(msgspec.Struct, forbid_unknown_fields=True):
+    classes: list[str] | None = None
+
+
+class ModelSpec(msgspec.Struct, forbid_unknown_fields=True):
+    name: str
+    features: list[Feature]
+    versions: list[str] = []
+    task: Literal["classification", "regression"] = "classification"
+    prediction: PredictionSpec = msgspec.field(default_factory=PredictionSpec)
+    monitors: MonitorSettings = msgspec.field(default_factory=MonitorSettings)
+    description: str = ""
+
+    def feature(self, name: str) -> Feature | None:
+        return next((f for f in self.features if f.name == name), None)
+
+    @property
+    def has_pii(self) -> bool:
+        return any(f.pii for f in self.features)
+
+
+def _semantic_checks(spec: ModelSpec, file: str) -> None:
+    seen: set[str] = set()
+    for i, f in enumerate(spec.features):
+        key = f"features[{i}]"
+        if f.name in seen:
+            raise SpecError(file, f"{key}.name", f"duplicate feature name {f.name!r}")
+        seen.add(f.name)
+        if f.range is not None:
+            if f.type != "numeric":
+                raise SpecError(file, f"{key}.range", f"range applies to numeric features, not {f.type}")
+            lo, hi = f.range
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+                raise SpecError(file, f"{key}.range", f"need finite [low, high] with low <= high, got {[lo, hi]}")
+        if f.categories is not None and f.type != "categorical":
+            raise SpecError(file, f"{key}.categories", f"categories apply to categorical features, not {f.type}")
+    m = spec.monitors
+    positive = {
+        "monitors.window_seconds": m.window_seconds,
+        "monitors.min_sample_size": m.min_sample_size,
+        "monitors.warmup_events": m.warmup_events,
+        "monitors.psi.bins": m.psi.bins,
+        "monitors.adwin.clock": m.adwin.clock,
+        "monitors.label_join_horizon_seconds": m.label_join_horizon_seconds,
+    }
+    for key, value in positive.items():
+        if value <= 0:
+            raise SpecError(file, key, f"must be > 0, got {value}")
+    if not 0 < m.adwin.delta < 1:
+        raise SpecError(file, "monitors.adwin.delta", f"must be in (0, 1), got {m.adwin.delta}")
+    if not 0 < m.psi.warning <= m.psi.critical:
+        raise SpecError(file, "monitors.psi", "need 0 < warning <= critical")
+    if not 0 < m.psi.epsilon < 0.01:
+        raise SpecError(file, "monitors.psi.epsilon", f"must be in (0, 0.01), got {m.psi.epsilon}")
+
+
+def parse_spec(text: str | bytes, file: str = "<spec>") -> ModelSpec:
+    """Parse and validate one YAML model spec.
+
+    >>> parse_spec("name: m\\nfeatures: [{name: a, type: numeric, range: [0, 1]}]").features[0].range
+    (0.0, 1.0)
+    >>> parse_spec("name: m\\nfeatures: [{name: a, type: number}]", "m.yaml")
+    Traceback (most recent call last):
+    ...
+    schemas.specs.SpecError: m.yaml: $.features[0].type: Invalid enum value 'number'
+    """
+    try:
+        spec = msgspec.yaml.decode(text, type=ModelSpec)
+    except msgspec.ValidationError as exc:
+        msg, _, path = str(exc).partition(" - at `")
+        raise SpecError(file, path.rstrip("`") or "$", msg) from None
+    except msgspec.DecodeError as exc:
+        raise SpecError(file, "$", f"not valid YAML: {exc}") from None
+    _semantic_checks(spec, file)
+    return spec
+
+
+def load_specs(path: str | os.PathLike) -> dict[str, ModelSpec]:
+    """Load a spec file or every ``*.yaml``/``*.yml`` in a folder, keyed by model name."""
+    p = pathlib.Path(path)
+    if not p.exists():
+        raise SpecError(str(p), "$", "no such file or folder")
+    files = sorted(list(p.glob("*.yaml")) + list(p.glob("*.yml"))) if p.is_dir() else [p]
+    if not files:
+        raise SpecError(str(p), "$", "folder holds no *.yaml model spec")
+    specs: dict[str, ModelSpec] = {}
+    for f in files:
+        spec = parse_spec(f.read_bytes(), str(f))
+        if spec.name in specs:
+            raise SpecError(str(f), "name", f"model {spec.name!r} is defined twice")
+        specs[spec.name] = spec
+    return specs
+
+
+class QualityChecker:
+    """Spec checks on a valid event's features; returns issue strings ``code:feature``.
+
+    >>> spec = parse_spec("name: m\\nfeatures: [{name: a, type: numeric, range: [0, 1]},"
+    ...                   " {name: c, type: categorical, categories: [x, y]}]")
+    >>> QualityChecker(spec).check({"a": 2.0, "c": "z", "b": 1})
+    ['feature_out_of_range:a', 'unseen_category:c', 'unexpected_feature:b']
+    >>> QualityChecker(spec).check({"a": "oops"})
+    ['type_mismatch:a', 'missing_feature:c']
+    """
+
+    _PY_TYPES: Mapping[str, tuple[type, ...]] = {
+        "numeric": (float, int),
+        "categorical": (str, int),
+        "boolean": (bool,),
+        "text": (str,),
+        "vector": (list,),
+    }
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self._rules = [
+            (
+                f.name,
+                f.type,
+                self._PY_TYPES[f.type],
+                f.range,
+                frozenset(f.categories) if f.categories is not None else None,
+                f.required,
+            )
+            for f in spec.features
+        ]
+        self._names = frozenset(f.name for f in spec.features)
+
+    def check(self, features: Mapping[str, Any]) -> list[str]:
+        issues: list[str] = []
+        for name, ftype, pytypes, rng, cats, required in self._rules:
+            value = features.get(name)
+            if value is None:
+                if required:
+                    issues.append("missing_feature:" + name)
+                continue
+            if not isinstance(value, pytypes) or (ftype == "numeric" and isinstance(value, bool)):
+                issues.append("type_mismatch:" + name)
+            elif rng is not None and not rng[0] <= value <= rng[1]:
+                issues.append("feature_out_of_range:" + name)
+            elif cats is not None and value not in cats:
+                issues.append("unseen_category:" + name)
+        if len(features) > len(self._names) or not self._names.issuperset(features):
+            issues.extend("unexpected_feature:" + n for n in features if n not in self._names)
+        return issues
+
+
+class PiiKey:
+    """The HMAC key for ``pii: hash`` features. Its repr never shows the secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < 16:
+            raise ValueError("PII key must be at least 16 bytes")
+        self._secret = secret
+
+    def __repr__(self) -> str:
+        return "PiiKey(<redacted>)"
+
+    def hash(self, value: Any) -> str:
+        data = value.encode() if isinstance(value, str) else msgspec.json.encode(value)
+        return "hmac-sha256:" + hmac.new(self._secret, data, hashlib.sha256).hexdigest()
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> PiiKey | None:
+        """The key from $PREDAUDIT_PII_KEY, or the file named by $PREDAUDIT_PII_KEY_FILE."""
+        env = os.environ if environ is None else environ
+        if env.get(PII_KEY_ENV):
+            return cls(env[PII_KEY_ENV].encode())
+        if env.get(PII_KEY_FILE_ENV):
+            return cls(pathlib.Path(env[PII_KEY_FILE_ENV]).read_bytes().strip())
+        return None
+
+
+class PiiRedactor:
+    """Applies a spec's PII rules to a features mapping (returns a new dict when needed).
+
+    >>> spec = parse_spec("name: m\\nfeatures: [{name: email, type: text, pii: hash},"
+    ...                   " {name: ssn, type: text, pii: drop}, {name: a, type: numeric}]")
+    >>> out = PiiRedactor(spec, PiiKey(b"k" * 32)).apply({"email": "a@b.c", "ssn": "1", "a": 1.0})
+    >>> sorted(out), out["email"].startswith("hmac-sha256:")
+    (['a', 'email'], True)
+    """
+
+    def __init__(self, spec: ModelSpec, key: PiiKey | None) -> None:
+        self._hash = tuple(f.name for f in spec.features if f.pii == "hash")
+        self._drop = tuple(f.name for f in spec.features if f.pii == "drop")
+        if self._hash and key is None:
+            raise SpecError(
+                spec.name,
+                "features[].pii",
+                f"features {list(self._hash)} need a PII key: set ${PII_KEY_ENV} or ${PII_KEY_FILE_ENV}",
+            )
+        self._key = key
+        self.active = bool(self._hash or self._drop)
+
+    def apply(self, features: dict[str, Any]) -> dict[str, Any]:
+        if not self.active:
+            return features
+        out = dict(features)
+        for name in self._drop:
+            out.pop(name, None)
+        for name in self._hash:
+            if out.get(name) is not None:
+                out[name] = self._key.hash(out[name])  # type: ignore[union-attr]
+        return out
+
+
+def redactors(specs: Mapping[str, ModelSpec], key: PiiKey | None) -> dict[str, PiiRedactor]:
+    """One redactor per model with PII rules (fails early when a needed key is missing)."""
+    return {name: r for name, spec in specs.items() if (r := PiiRedactor(spec, key)).active}

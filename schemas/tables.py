@@ -1,0 +1,328 @@
+"""One source of truth for the audit tables; BigQuery schemas and ClickHouse DDL derive from it.
+
+Rows are insert-only. BigQuery: partitioned by the event date, clustered by model/version,
+insertId = the row's key. ClickHouse: ReplacingMergeTree ordered by (model, version, time, key)
+with ``non_replicated_deduplication_window`` so a retried batch with the same
+``insert_deduplication_token`` is written once. ``*_dedup`` views collapse any duplicate
+that still lands, for analysts.
+
+JSON-valued columns (features, scores, metadata, ...) are STRING holding JSON in both
+engines (portable, and what the BigQuery emulator supports); query them with
+``JSON_VALUE`` (BigQuery) or ``JSONExtract*`` (ClickHouse).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Literal
+
+Kind = Literal["string", "lowcard", "int", "float", "bool", "timestamp", "json", "strings"]
+Mode = Literal["REQUIRED", "NULLABLE", "REPEATED"]
+
+_BQ_TYPES = {
+    "string": "STRING",
+    "lowcard": "STRING",
+    "int": "INTEGER",
+    "float": "FLOAT",
+    "bool": "BOOLEAN",
+    "timestamp": "TIMESTAMP",
+    "json": "STRING",
+    "strings": "STRING",
+}
+_CH_TYPES = {
+    "string": "String",
+    "lowcard": "LowCardinality(String)",
+    "int": "Int64",
+    "float": "Float64",
+    "bool": "Bool",
+    "timestamp": "DateTime64(6, 'UTC')",
+    "json": "String",
+    "strings": "Array(String)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+    name: str
+    kind: Kind
+    required: bool = False
+    description: str = ""
+
+    @property
+    def mode(self) -> Mode:
+        return "REPEATED" if self.kind == "strings" else ("REQUIRED" if self.required else "NULLABLE")
+
+
+def _c(name: str, kind: Kind, required: bool = False, description: str = "") -> Column:
+    return Column(name, kind, required, description)
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    name: str
+    description: str
+    columns: tuple[Column, ...]
+    time_column: str
+    key: str  # the idempotency key: BigQuery insertId, ClickHouse dedup-by column
+    cluster_by: tuple[str, ...]
+    order_by: tuple[str, ...]
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [c.name for c in self.columns]
+
+
+_AUDIT_TAIL = (
+    _c("message_id", "string", description="Pub/Sub message id (null for replayed files)."),
+    _c("publish_time", "timestamp", description="Pub/Sub publish time."),
+    _c("ingest_time", "timestamp", True, "When the pipeline processed the message (processing time)."),
+    _c("payload_sha256", "string", True, "sha256 of the raw payload as received."),
+    _c("pipeline_version", "lowcard", True, "predaudit version that wrote the row."),
+)
+
+PREDICTIONS = Table(
+    "predictions",
+    "One immutable row per prediction (event_id), PII rules applied.",
+    (
+        _c("event_id", "string", True, "Idempotency key from the producer."),
+        _c("event_time", "timestamp", True, "When the prediction was made."),
+        _c("model_name", "lowcard", True),
+        _c("model_version", "lowcard", True),
+        _c("schema_version", "lowcard", True),
+        _c("request_id", "string"),
+        _c("features", "json", True, "Feature values as a JSON object (PII hashed or dropped)."),
+        _c("prediction_label", "string"),
+        _c("prediction_score", "float"),
+        _c("prediction_scores", "json", description="Class -> probability as a JSON object."),
+        _c("prediction_value", "float"),
+        _c("latency_ms", "float"),
+        _c("status", "lowcard", True, "ok | error"),
+        _c("metadata", "json"),
+        _c("extensions", "json", description="Fields from a newer minor schema version."),
+        _c("quality_issues", "strings", description="Spec checks that failed, as code:feature."),
+        *_AUDIT_TAIL,
+    ),
+    time_column="event_time",
+    key="event_id",
+    cluster_by=("model_name", "model_version"),
+    order_by=("model_name", "model_version", "event_time", "event_id"),
+)
+
+LABELS = Table(
+    "labels",
+    "Ground truth for predictions, joined by event_id.",
+    (
+        _c("event_id", "string", True, "The event_id of the labelled prediction."),
+        _c("label_time", "timestamp", True),
+        _c("label", "string", True, "The label as text (numbers in JSON form)."),
+        _c("label_numeric", "float", description="The label when it is a number (regression)."),
+        _c("model_name", "lowcard"),
+        _c("model_version", "lowcard"),
+        _c("schema_version", "lowcard", True),
+        *_AUDIT_TAIL,
+    ),
+    time_column="label_time",
+    key="event_id",
+    cluster_by=("model_name", "event_id"),
+    order_by=("event_id", "label_time"),
+)
+
+DEAD_LETTERS = Table(
+    "dead_letters",
+    "Inputs that could not be audited or written, with the reason and the payload.",
+    (
+        _c("dead_letter_id", "string", True, "sha256 of stage + payload: stable across retries."),
+        _c("stage", "lowcard", True, "decode | sink.bigquery | sink.clickhouse | monitor"),
+        _c("kind", "lowcard", True, "prediction | label | row"),
+        _c("error_code", "lowcard", True),
+        _c("error_path", "string", True),
+        _c("error_message", "string", True),
+        _c("event_id", "string"),
+        _c("model_name", "lowcard"),
+        _c("model_version", "lowcard"),
+        _c("payload_text", "string", description="The payload when UTF-8 (PII redacted)."),
+        _c("payload_base64", "string", description="The payload when not UTF-8."),
+        _c("payload_sha256", "string", True),
+        _c("payload_size", "int", True),
+        _c("payload_truncated", "bool", True),
+        _c("attributes", "json", description="Pub/Sub attributes."),
+        _c("message_id", "string"),
+        _c("publish_time", "timestamp"),
+        _c("ingest_time", "timestamp", True),
+        _c("pipeline_version", "lowcard"),
+    ),
+    time_column="ingest_time",
+    key="dead_letter_id",
+    cluster_by=("stage", "error_code"),
+    order_by=("stage", "error_code", "ingest_time", "dead_letter_id"),
+)
+
+ANOMALIES = Table(
+    "anomalies",
+    "Anomaly events (CloudEvents) emitted by the monitors.",
+    (
+        _c("anomaly_id", "string", True, "CloudEvent id."),
+        _c("time", "timestamp", True),
+        _c("type", "lowcard", True, "e.g. predaudit.anomaly.feature_drift"),
+        _c("source", "string", True),
+        _c("subject", "string", True),
+        _c("model_name", "lowcard", True),
+        _c("model_version", "lowcard", True),
+        _c("signal", "lowcard", True),
+        _c("detector", "lowcard", True),
+        _c("statistic", "float", True),
+        _c("threshold", "float", True),
+        _c("severity", "lowcard", True, "warning | critical | resolved"),
+        _c("window_start", "timestamp", True),
+        _c("window_end", "timestamp", True),
+        _c("sample_size", "int", True),
+        _c("reference", "json"),
+        _c("current", "json"),
+        _c("cloudevent", "json", True, "The full CloudEvents JSON as published."),
+    ),
+    time_column="time",
+    key="anomaly_id",
+    cluster_by=("model_name", "model_version", "signal"),
+    order_by=("model_name", "model_version", "time", "anomaly_id"),
+)
+
+DRIFT_METRICS = Table(
+    "drift_metrics",
+    "Every computed monitor statistic per window, breach or not.",
+    (
+        _c("metric_id", "string", True, "Deterministic: model/version/signal/metric/window."),
+        _c("model_name", "lowcard", True),
+        _c("model_version", "lowcard", True),
+        _c("signal", "lowcard", True),
+        _c("metric", "lowcard", True, "psi | js_distance | linf_distance | accuracy | ..."),
+        _c("value", "float"),
+        _c("window_start", "timestamp", True),
+        _c("window_end", "timestamp", True),
+        _c("sample_size", "int", True),
+        _c("status", "lowcard", True, "ok | insufficient | warning | critical"),
+        _c("epsilon", "float"),
+        _c("bins", "int"),
+        _c("reference_id", "string"),
+    ),
+    time_column="window_start",
+    key="metric_id",
+    cluster_by=("model_name", "model_version", "signal"),
+    order_by=("model_name", "model_version", "signal", "window_start", "metric_id"),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (PREDICTIONS, LABELS, DEAD_LETTERS, ANOMALIES, DRIFT_METRICS)}
+
+
+def bigquery_schema(table: Table) -> list[dict[str, str]]:
+    """The table's BigQuery schema as the JSON the API and ``bq mk`` take.
+
+    >>> bigquery_schema(PREDICTIONS)[0]
+    {'name': 'event_id', 'type': 'STRING', 'mode': 'REQUIRED', 'description': 'Idempotency key from the producer.'}
+    """
+    return [
+        {"name": c.name, "type": _BQ_TYPES[c.kind], "mode": c.mode, "description": c.description}
+        for c in table.columns
+    ]
+
+
+def bigquery_table_resource(table: Table, project: str, dataset: str) -> dict[str, Any]:
+    """A full ``tables.insert`` resource: schema, day partitioning, clustering."""
+    return {
+        "tableReference": {"projectId": project, "datasetId": dataset, "tableId": table.name},
+        "description": table.description,
+        "schema": {"fields": bigquery_schema(table)},
+        "timePartitioning": {"type": "DAY", "field": table.time_column},
+        "clustering": {"fields": list(table.cluster_by)},
+    }
+
+
+def bigquery_dedup_view_sql(table: Table, project: str, dataset: str) -> str:
+    """Analyst view keeping the first-ingested row per key."""
+    return (
+        f"SELECT * EXCEPT(_rn) FROM (SELECT *, ROW_NUMBER() OVER "
+        f"(PARTITION BY {table.key} ORDER BY ingest_time) AS _rn "
+        f"FROM `{project}.{dataset}.{table.name}`) WHERE _rn = 1"
+    )
+
+
+def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> str:
+    """``CREATE TABLE IF NOT EXISTS`` for ClickHouse (26.x, also chDB).
+
+    >>> print(clickhouse_ddl(LABELS).splitlines()[0])
+    CREATE TABLE IF NOT EXISTS `audit`.`labels`
+    """
+    cols = []
+    for c in table.columns:
+        ch = _CH_TYPES[c.kind]
+        if c.mode == "NULLABLE":
+            ch = f"LowCardinality(Nullable(String))" if c.kind == "lowcard" else f"Nullable({ch})"
+        comment = f" COMMENT '{_sql_str(c.description)}'" if c.description else ""
+        cols.append(f"    `{c.name}` {ch}{comment}")
+    ttl = f"\nTTL toDateTime({table.time_column}) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
+    return (
+        f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}`\n(\n"
+        + ",\n".join(cols)
+        + f"\n)\nENGINE = ReplacingMergeTree\nPARTITION BY toYYYYMM({table.time_column})\n"
+        + f"ORDER BY ({', '.join(table.order_by)}){ttl}\n"
+        + "SETTINGS non_replicated_deduplication_window = 1000\n"
+        + f"COMMENT '{_sql_str(table.description)}'"
+    )
+
+
+def clickhouse_dedup_view_ddl(table: Table, database: str = "audit") -> str:
+    return (
+        f"CREATE VIEW IF NOT EXISTS `{database}`.`{table.name}_dedup` AS "
+        f"SELECT * FROM `{database}`.`{table.name}` FINAL ORDER BY ingest_time LIMIT 1 BY {table.key}"
+    )
+
+
+def _sql_str(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def render_ddl(target: str, database: str = "audit", project: str = "my-project", ttl_days: int = 0) -> str:
+    """What ``predaudit schema ddl`` prints."""
+    if target == "clickhouse":
+        parts = [f"CREATE DATABASE IF NOT EXISTS `{database}`"]
+        for t in TABLES.values():
+            parts.append(clickhouse_ddl(t, database, ttl_days))
+        parts += [clickhouse_dedup_view_ddl(TABLES[n], database) for n in ("predictions", "labels")]
+        return ";\n\n".join(parts) + ";\n"
+    if target == "bigquery":
+        doc = {
+            "tables": [bigquery_table_resource(t, project, database) for t in TABLES.values()],
+            "views": [
+                {"name": f"{n}_dedup", "query": bigquery_dedup_view_sql(TABLES[n], project, database)}
+                for n in ("predictions", "labels")
+            ],
+        }
+        return json.dumps(doc, indent=2) + "\n"
+    raise ValueError(f"unknown target {target!r}: use bigquery or clickhouse")
+
+
+def create_clickhouse_tables(client: Any, database: str = "audit", ttl_days: int = 0) -> None:
+    """Create the database, tables and views idempotently through a clickhouse-connect client."""
+    client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    for t in TABLES.values():
+        client.command(clickhouse_ddl(t, database, ttl_days))
+    for n in ("predictions", "labels"):
+        client.command(clickhouse_dedup_view_ddl(TABLES[n], database))
+
+
+def create_bigquery_tables(client: Any, project: str, dataset: str, views: bool = True) -> None:
+    """Create the dataset, tables and views idempotently through a google-cloud-bigquery client."""
+    from google.cloud import bigquery
+
+    client.create_dataset(bigquery.Dataset(f"{project}.{dataset}"), exists_ok=True)
+    for t in TABLES.values():
+        table = bigquery.Table.from_api_repr(bigquery_table_resource(t, project, dataset))
+        client.create_table(table, exists_ok=True)
+    if views:
+        for n in ("predictions", "labels"):
+            view = bigquery.Table(f"{project}.{dataset}.{n}_dedup")
+            view.view_query = bigquery_dedup_view_sql(TABLES[n], project, dataset)
+            client.create_table(view, exists_ok=True)
