@@ -117,7 +117,7 @@ def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
         raise UsageError(str(exc)) from None
     opener = gzip.open if args.out.endswith(".gz") else open
     counts: collections.Counter[str] = collections.Counter()
-    labels_fh = open(args.labels_out, "wb") if args.labels_out else None  # noqa: SIM115
+    labels_fh = open(args.labels_out, "wb") if args.labels_out else None
     try:
         with opener(args.out, "wb") as fh:
             for line in sim.lines():
@@ -146,7 +146,9 @@ def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         path = str(pathlib.Path(tmp) / "events.jsonl")
         parser = build_parser()
-        cmd_simulate(parser.parse_args(["simulate", "--events", "5000", "--bad-fraction", "0.03", "--out", path]), out)
+        cmd_simulate(
+            parser.parse_args(["simulate", "--events", "5000", "--bad-fraction", "0.03", "--out", path]), out
+        )
         cmd_validate(parser.parse_args(["validate", path, "--spec", str(DEFAULT_SPECS)]), out)
     return 0
 
@@ -206,4 +208,3 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

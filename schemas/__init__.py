@@ -5,7 +5,14 @@
 '2026-02-15'
 """
 
-from schemas.decode import REFERENCE_EVENT, Decoders, decode_label, decode_prediction, parse_timestamp, to_builtins
+from schemas.decode import (
+    REFERENCE_EVENT,
+    Decoders,
+    decode_label,
+    decode_prediction,
+    parse_timestamp,
+    to_builtins,
+)
 from schemas.errors import ERROR_CODES, EventValidationError
 from schemas.limits import DEFAULT_LIMITS, Limits
 

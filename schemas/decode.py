@@ -81,7 +81,7 @@ class _Types:
             return msgspec.defstruct(
                 "Prediction",
                 [
-                    ("label", Union[text, ClassId, None], None),  # noqa: UP007
+                    ("label", Union[text, ClassId, float, None], None),  # noqa: UP007
                     ("score", Union[float, None], None),  # noqa: UP007
                     ("scores", Union[scores, None], None),  # noqa: UP007
                     ("value", Union[float, None], None),  # noqa: UP007
@@ -107,7 +107,7 @@ class _Types:
                     ("metadata", Union[metadata, None], None),  # noqa: UP007
                 ]
                 # only the lenient (newer minor) struct carries the extension fields it tolerated
-                + ([] if strict else [("extensions", Union[dict[str, Any], None], None)]),  # noqa: UP007
+                + ([] if strict else [("extensions", Any, None)]),
                 forbid_unknown_fields=strict,
                 gc=False,
                 module=__name__,
@@ -129,7 +129,11 @@ class _Types:
             module=__name__,
         )
         #: value type of each free-form object, to name the offending key in errors
-        self.dict_values = {"$.features": feature_value, "$.metadata": text, "$.prediction.scores": Probability}
+        self.dict_values = {
+            "$.features": feature_value,
+            "$.metadata": text,
+            "$.prediction.scores": Probability,
+        }
 
 
 @functools.lru_cache(maxsize=16)
@@ -197,11 +201,15 @@ def _check_common(ev: Any, time_field: str, limits: Limits) -> None:
             if n == 0:
                 raise EventValidationError("out_of_range", f"$.model.{key}", "must not be empty")
             if n > NAME_MAX:
-                raise EventValidationError("string_too_long", f"$.model.{key}", f"{n} > {NAME_MAX} characters")
+                raise EventValidationError(
+                    "string_too_long", f"$.model.{key}", f"{n} > {NAME_MAX} characters"
+                )
 
 
 def _too_large(raw: bytes, limits: Limits) -> EventValidationError:
-    return EventValidationError("too_large", "$", f"{len(raw)} bytes > max_payload_bytes={limits.max_payload_bytes}")
+    return EventValidationError(
+        "too_large", "$", f"{len(raw)} bytes > max_payload_bytes={limits.max_payload_bytes}"
+    )
 
 
 class Decoders:
@@ -247,7 +255,9 @@ class Decoders:
             )
         if ev.metadata is not None and len(ev.metadata) > limits.max_metadata_entries:
             raise EventValidationError(
-                "too_many_entries", "$.metadata", f"more than max_metadata_entries={limits.max_metadata_entries}"
+                "too_many_entries",
+                "$.metadata",
+                f"more than max_metadata_entries={limits.max_metadata_entries}",
             )
         pred = ev.prediction
         if pred.scores is not None and len(pred.scores) > limits.max_features:
@@ -256,7 +266,9 @@ class Decoders:
             )
         if pred.label is None and pred.score is None and pred.scores is None and pred.value is None:
             raise EventValidationError(
-                "missing_field", "$.prediction", "prediction needs at least one of label, score, scores, value"
+                "missing_field",
+                "$.prediction",
+                "prediction needs at least one of label, score, scores, value",
             )
         return ev, _check_time(ev.event_time, "$.event_time", now, limits)
 
@@ -322,7 +334,9 @@ def _classify_syntax(raw: bytes) -> dict:
             raise EventValidationError("nesting_too_deep", "$", msg) from None
         raise EventValidationError("invalid_json", "$", msg) from None
     if not isinstance(parsed, dict):
-        raise EventValidationError("not_an_object", "$", f"expected a JSON object, got {type(parsed).__name__}")
+        raise EventValidationError(
+            "not_an_object", "$", f"expected a JSON object, got {type(parsed).__name__}"
+        )
     return parsed
 
 
@@ -333,10 +347,8 @@ def _non_finite_literal_at(raw: bytes, pos: int) -> bool:
 
 def _approx_path(raw: bytes, pos: int) -> str:
     """Best-effort path of a literal at byte ``pos``: the last key before it."""
-    m = None
-    for m in re.finditer(rb'"([^"\\]{1,128})"\s*:', raw[:pos]):
-        pass
-    return f"$..{m.group(1).decode('utf-8', 'replace')}" if m else "$"
+    keys = re.findall(rb'"([^"\\]{1,128})"\s*:', raw[:pos])
+    return f"$..{keys[-1].decode('utf-8', 'replace')}" if keys else "$"
 
 
 def _check_version(parsed: dict) -> None:

@@ -21,9 +21,9 @@ ERROR_CODES: dict[str, str] = {
     "too_large": "Keep the serialized event under `max_payload_bytes`; move blobs out of the event.",
     "invalid_timestamp": "Send an RFC 3339 timestamp with an offset, e.g. 2026-01-31T12:00:00.123Z.",
     "timestamp_out_of_bounds": "Check the producer clock: the time is too far in the future or past.",
-    "unknown_schema_version": "Send schema_version \"1\" (or \"1.N\"); this consumer reads major version 1.",
+    "unknown_schema_version": 'Send schema_version "1" (or "1.N"); this consumer reads major version 1.',
     "invalid_event_id": "event_id must be 8-128 chars of [A-Za-z0-9._:-]; a UUID works.",
-    "unknown_field": "Remove the field at `path`, or send schema_version \"1.N\" (N>0) if it is an extension.",
+    "unknown_field": 'Remove the field at `path`, or send schema_version "1.N" (N>0) if it is an extension.',
 }
 
 

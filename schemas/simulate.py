@@ -99,8 +99,10 @@ class Simulator:
                 out[f.name] = rng.random() < 0.3
             elif f.type == "text":
                 if f.pii and rng.random() < 0.8:
-                    out[f.name] = f"user{rng.randrange(10**6)}@example.com" if "mail" in f.name else (
-                        f"+49{rng.randrange(10**9, 10**10)}"
+                    out[f.name] = (
+                        f"user{rng.randrange(10**6)}@example.com"
+                        if "mail" in f.name
+                        else (f"+49{rng.randrange(10**9, 10**10)}")
                     )
             elif f.type == "vector" and rng.random() < 0.2:
                 out[f.name] = [round(rng.gauss(0, 1), 3) for _ in range(8)]
@@ -116,7 +118,11 @@ class Simulator:
         score = 1.0 / (1.0 + math.exp(-z))
         classes = self.spec.prediction.classes or ["negative", "positive"]
         label = classes[1] if score >= 0.5 else classes[0]
-        pred = {"label": label, "score": round(score, 6), "scores": {classes[0]: round(1 - score, 6), classes[1]: round(score, 6)}}
+        pred = {
+            "label": label,
+            "score": round(score, 6),
+            "scores": {classes[0]: round(1 - score, 6), classes[1]: round(score, 6)},
+        }
         truth = classes[1] if self.rng.random() < score else classes[0]
         return pred, truth
 

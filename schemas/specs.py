@@ -19,7 +19,13 @@ from typing import Any, Literal
 import msgspec
 
 FeatureType = Literal["numeric", "categorical", "boolean", "text", "vector"]
-QUALITY_ISSUES = ("feature_out_of_range", "unseen_category", "missing_feature", "unexpected_feature", "type_mismatch")
+QUALITY_ISSUES = (
+    "feature_out_of_range",
+    "unseen_category",
+    "missing_feature",
+    "unexpected_feature",
+    "type_mismatch",
+)
 PII_KEY_ENV = "PREDAUDIT_PII_KEY"
 PII_KEY_FILE_ENV = "PREDAUDIT_PII_KEY_FILE"
 
@@ -102,9 +108,13 @@ def _semantic_checks(spec: ModelSpec, file: str) -> None:
                 raise SpecError(file, f"{key}.range", f"range applies to numeric features, not {f.type}")
             lo, hi = f.range
             if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
-                raise SpecError(file, f"{key}.range", f"need finite [low, high] with low <= high, got {[lo, hi]}")
+                raise SpecError(
+                    file, f"{key}.range", f"need finite [low, high] with low <= high, got {[lo, hi]}"
+                )
         if f.categories is not None and f.type != "categorical":
-            raise SpecError(file, f"{key}.categories", f"categories apply to categorical features, not {f.type}")
+            raise SpecError(
+                file, f"{key}.categories", f"categories apply to categorical features, not {f.type}"
+            )
     m = spec.monitors
     positive = {
         "monitors.window_seconds": m.window_seconds,

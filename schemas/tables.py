@@ -259,7 +259,7 @@ def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> 
     for c in table.columns:
         ch = _CH_TYPES[c.kind]
         if c.mode == "NULLABLE":
-            ch = f"LowCardinality(Nullable(String))" if c.kind == "lowcard" else f"Nullable({ch})"
+            ch = "LowCardinality(Nullable(String))" if c.kind == "lowcard" else f"Nullable({ch})"
         comment = f" COMMENT '{_sql_str(c.description)}'" if c.description else ""
         cols.append(f"    `{c.name}` {ch}{comment}")
     ttl = f"\nTTL toDateTime({table.time_column}) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""

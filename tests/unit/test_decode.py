@@ -1,0 +1,266 @@
+"""The fast decoder: every error code, limits, time bounds, evolution rule, robustness."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+
+import msgspec
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from schemas import (
+    ERROR_CODES,
+    REFERENCE_EVENT,
+    Decoders,
+    EventValidationError,
+    Limits,
+    decode_label,
+    decode_prediction,
+)
+from tests.helpers import BASE_EVENT, event, raw
+
+DEC = Decoders()
+
+
+def code_of(payload: bytes, dec: Decoders = DEC, now: dt.datetime | None = None) -> tuple[str, str]:
+    with pytest.raises(EventValidationError) as info:
+        dec.prediction(payload, now)
+    return info.value.code, info.value.path
+
+
+def test_reference_event_decodes() -> None:
+    ev, ts = DEC.prediction(REFERENCE_EVENT)
+    assert ev.event_id == BASE_EVENT["event_id"]
+    assert ts == dt.datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=dt.timezone.utc)
+    assert ev.features["country"] == "DE" and ev.features["num_00"] == 0.123456
+    assert ev.prediction.scores == {"legit": 0.93, "fraud": 0.07}
+
+
+def features_with(**kv: object) -> dict:
+    return {**BASE_EVENT["features"], **kv}
+
+
+CASES: list[tuple[str, bytes, str, str]] = [
+    ("invalid utf-8", REFERENCE_EVENT.replace(b'"DE"', b'"D\xff"'), "invalid_encoding", "$"),
+    ("lone surrogate", REFERENCE_EVENT.replace(b'"DE"', b'"\\ud800"'), "invalid_encoding", "$"),
+    ("truncated", REFERENCE_EVENT[:200], "invalid_json", "$"),
+    ("garbage", b"hello", "invalid_json", "$"),
+    ("empty", b"", "invalid_json", "$"),
+    ("array", b"[1, 2]", "not_an_object", "$"),
+    ("string", b'"x"', "not_an_object", "$"),
+    ("missing event_id", raw(event(event_id=None)), "missing_field", "$.event_id"),
+    ("missing model.version", raw(event(model={"name": "m"})), "missing_field", "$.model.version"),
+    ("empty prediction", raw(event(prediction={})), "missing_field", "$.prediction"),
+    (
+        "all-null prediction",
+        raw(event(prediction={"label": None, "score": None})),
+        "missing_field",
+        "$.prediction",
+    ),
+    ("latency string", raw(event(latency_ms="fast")), "wrong_type", "$.latency_ms"),
+    ("bool feature list", raw(event(features=features_with(v=[1, True]))), "wrong_type", "$.features.v[1]"),
+    ("object feature", raw(event(features=features_with(o={"a": 1}))), "wrong_type", "$.features.o"),
+    ("model not object", raw(event(model="fraud")), "wrong_type", "$.model"),
+    ("negative latency", raw(event(latency_ms=-1)), "out_of_range", "$.latency_ms"),
+    (
+        "score prob > 1",
+        raw(event(prediction={"scores": {"a": 1.5}})),
+        "out_of_range",
+        "$.prediction.scores.a",
+    ),
+    ("empty model name", raw(event(model={"name": "", "version": "1"})), "out_of_range", "$.model.name"),
+    (
+        "huge class id",
+        raw(event(prediction={"label": 7})).replace(b":7}", b":1180591620717411303424}"),
+        "out_of_range",
+        "$.prediction.label",
+    ),
+    ("bad status", raw(event(status="maybe")), "invalid_value", "$.status"),
+    ("NaN literal", REFERENCE_EVENT.replace(b"12.7", b"NaN"), "non_finite_number", "$..latency_ms"),
+    (
+        "Infinity literal",
+        REFERENCE_EVENT.replace(b"12.7", b"-Infinity"),
+        "non_finite_number",
+        "$..latency_ms",
+    ),
+    ("overflow 1e999", REFERENCE_EVENT.replace(b"12.7", b"1e999"), "non_finite_number", "$..latency_ms"),
+    (
+        "long model name",
+        raw(event(model={"name": "m" * 129, "version": "1"})),
+        "string_too_long",
+        "$.model.name",
+    ),
+    ("unknown top field", raw(event(debug=True)), "unknown_field", "$.debug"),
+    (
+        "unknown model field",
+        raw(event(model={"name": "m", "version": "1", "x": 1})),
+        "unknown_field",
+        "$.model.x",
+    ),
+    ("bad event_id", raw(event(event_id="short")), "invalid_event_id", "$.event_id"),
+    ("event_id charset", raw(event(event_id="has space in it")), "invalid_event_id", "$.event_id"),
+    ("event_id newline", raw(event(event_id="abcdefgh\n")), "invalid_event_id", "$.event_id"),
+    ("no offset", raw(event(event_time="2026-03-01T12:00:00")), "invalid_timestamp", "$.event_time"),
+    ("space separator", raw(event(event_time="2026-03-01 12:00:00Z")), "invalid_timestamp", "$.event_time"),
+    ("feb 30", raw(event(event_time="2026-02-30T12:00:00Z")), "invalid_timestamp", "$.event_time"),
+    ("leap second", raw(event(event_time="2026-06-30T23:59:60Z")), "invalid_timestamp", "$.event_time"),
+    ("year 1969", raw(event(event_time="1969-12-31T23:59:59Z")), "invalid_timestamp", "$.event_time"),
+    ("version 2", raw(event(schema_version="2")), "unknown_schema_version", "$.schema_version"),
+    (
+        "version 2 other errors",
+        raw(event(schema_version="2.1", event_id=5)),
+        "unknown_schema_version",
+        "$.schema_version",
+    ),
+    ("version int", raw(event(schema_version=1)), "wrong_type", "$.schema_version"),
+    ("version missing", raw(event(schema_version=None)), "missing_field", "$.schema_version"),
+]
+
+
+@pytest.mark.parametrize(("name", "payload", "code", "path"), CASES, ids=[c[0] for c in CASES])
+def test_error_codes(name: str, payload: bytes, code: str, path: str) -> None:
+    assert code_of(payload) == (code, path)
+
+
+def test_every_error_code_is_exercised() -> None:
+    covered = {c[2] for c in CASES} | {"too_large", "too_many_features", "string_too_long", "vector_too_long"}
+    covered |= {"too_many_entries", "nesting_too_deep", "timestamp_out_of_bounds"}
+    assert covered == set(ERROR_CODES)
+
+
+def test_limits_are_configurable() -> None:
+    small = Decoders(Limits(max_payload_bytes=500, max_features=3, max_string_length=5, max_vector_length=2))
+    assert code_of(REFERENCE_EVENT, small) == ("too_large", "$")
+    tiny = raw(event(features={"a": 1}, metadata=None, request_id=None, prediction={"score": 0.5}))
+    assert small.prediction(tiny)[0].features == {"a": 1.0}
+    assert code_of(
+        raw(event(features={"a": 1, "b": 2, "c": 3, "d": 4}, metadata=None)), Decoders(Limits(max_features=3))
+    )[0] == ("too_many_features")
+    assert code_of(tiny.replace(b'"a":1', b'"a":"toolong"'), small) == ("string_too_long", "$.features.a")
+    assert code_of(raw(event(features={"v": [1, 2, 3]})), Decoders(Limits(max_vector_length=2))) == (
+        "vector_too_long",
+        "$.features.v",
+    )
+    many_meta = raw(event(metadata={f"k{i}": "v" for i in range(5)}))
+    assert code_of(many_meta, Decoders(Limits(max_metadata_entries=4))) == ("too_many_entries", "$.metadata")
+    with pytest.raises(ValueError, match="unknown limit"):
+        Limits.from_mapping({"max_feature": 1})
+    with pytest.raises(ValueError, match="positive"):
+        Limits.from_mapping({"max_features": 0})
+
+
+def test_default_string_limit_applies_to_large_payloads() -> None:
+    # a payload above the fast-path threshold takes the fully constrained decoder
+    assert code_of(raw(event(request_id="r" * 4097))) == ("string_too_long", "$.request_id")
+    assert DEC.prediction(raw(event(request_id="r" * 4096)))[0].request_id == "r" * 4096
+    assert code_of(raw(event(features=features_with(v=[0.5] * 4097)))) == ("vector_too_long", "$.features.v")
+    assert code_of(raw(event(features={f"f{i}": 1 for i in range(501)}))) == (
+        "too_many_features",
+        "$.features",
+    )
+
+
+def test_time_bounds_use_the_given_ingest_time() -> None:
+    now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+    assert DEC.prediction(REFERENCE_EVENT, now)[1].hour == 12
+    future = raw(event(event_time="2026-03-01T12:06:00Z"))
+    assert code_of(future, now=now) == ("timestamp_out_of_bounds", "$.event_time")
+    assert DEC.prediction(future, now + dt.timedelta(minutes=2))  # within skew
+    old = raw(event(event_time="2026-02-20T00:00:00+01:00"))
+    assert code_of(old, now=now) == ("timestamp_out_of_bounds", "$.event_time")
+    assert DEC.prediction(old)  # replay: no ingest time, no relative bound
+    lenient = Decoders(Limits(max_event_age_s=30 * 86400))
+    assert lenient.prediction(old, now)
+
+
+def test_schema_evolution_rule() -> None:
+    # "1" / "1.0": strict everywhere
+    for version in ("1", "1.0"):
+        assert code_of(raw(event(schema_version=version, new_field=1))) == ("unknown_field", "$.new_field")
+    # a newer minor: extra fields allowed at top level and in prediction, kept as extensions
+    newer = event(schema_version="1.3", trace={"span": "a"})
+    newer["prediction"] = {**newer["prediction"], "calibrated": True}
+    ev, _ = DEC.prediction(raw(newer))
+    assert ev.extensions == {"trace": {"span": "a"}}
+    assert ev.prediction.score == 0.93
+    # ... but not inside model (not an extension point)
+    bad = event(schema_version="1.3", model={"name": "m", "version": "1", "x": 1})
+    assert code_of(raw(bad)) == ("unknown_field", "$.model.x")
+    # ... and the v1 types still hold for known fields
+    assert code_of(raw(event(schema_version="1.3", trace=1, latency_ms="x")))[0] == "wrong_type"
+    # extension values may nest only max_depth levels
+    deep: object = 1
+    for _ in range(20):
+        deep = [deep]
+    assert code_of(raw(event(schema_version="1.1", deep=deep)))[0] == "nesting_too_deep"
+    # a new major version is refused outright
+    assert code_of(raw(event(schema_version="2.0")))[0] == "unknown_schema_version"
+    # labels stay strict in every minor
+    lbl = {
+        "schema_version": "1.2",
+        "event_id": "evt-00000001",
+        "label_time": "2026-01-01T00:00:00Z",
+        "label": 1,
+    }
+    with pytest.raises(EventValidationError, match="unknown_field"):
+        decode_label(orjson.dumps({**lbl, "extra": 1}))
+
+
+def test_label_events() -> None:
+    base = {"schema_version": "1", "event_id": "evt-00000001", "label_time": "2026-01-01T00:00:00Z"}
+    assert decode_label(orjson.dumps({**base, "label": "fraud"})).label == "fraud"
+    assert decode_label(orjson.dumps({**base, "label": 3})).label == 3
+    assert (
+        decode_label(orjson.dumps({**base, "label": 2.5, "model": {"name": "m", "version": "1"}})).model.name
+        == "m"
+    )
+    for bad, code in [
+        ({**base}, "missing_field"),
+        ({**base, "label": [1]}, "wrong_type"),
+        ({**base, "label": "x", "label_time": "yesterday"}, "invalid_timestamp"),
+        ({**base, "label": "x", "event_id": "x"}, "invalid_event_id"),
+    ]:
+        with pytest.raises(EventValidationError) as info:
+            decode_label(orjson.dumps(bad))
+        assert info.value.code == code
+
+
+def test_error_is_an_actionable_value() -> None:
+    with pytest.raises(EventValidationError) as info:
+        decode_prediction(raw(event(event_id="x")))
+    err = info.value
+    assert err.to_dict()["hint"] == ERROR_CODES["invalid_event_id"]
+    copy = pickle.loads(pickle.dumps(err))
+    assert (copy.code, copy.path, copy.message) == (err.code, err.path, err.message)
+
+
+def test_nesting_too_deep_for_pathological_payloads() -> None:
+    assert code_of(b"[" * 5000 + b"]" * 5000) == ("nesting_too_deep", "$")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2048))
+def test_random_bytes_never_escape_as_other_exceptions(data: bytes) -> None:
+    try:
+        DEC.prediction(data)
+    except EventValidationError as exc:
+        assert exc.code in ERROR_CODES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=len(REFERENCE_EVENT) - 1), st.binary(min_size=1, max_size=8))
+def test_corrupted_reference_is_valid_or_coded(pos: int, junk: bytes) -> None:
+    data = REFERENCE_EVENT[:pos] + junk + REFERENCE_EVENT[pos:]
+    try:
+        ev, _ = DEC.prediction(data)
+        assert isinstance(ev.features, dict)
+    except EventValidationError as exc:
+        assert exc.code in ERROR_CODES
+
+
+def test_decoded_events_convert_to_builtins() -> None:
+    ev, _ = DEC.prediction(REFERENCE_EVENT)
+    assert msgspec.to_builtins(ev)["model"] == {"name": "fraud", "version": "2026-02-15"}
