@@ -6,8 +6,13 @@ import pathlib
 import uuid
 
 import pytest
+from hypothesis import settings
 
 from pipelines import localstack
+
+# Seeded randomness only: the same examples on every run and in CI.
+settings.register_profile("predaudit", derandomize=True, print_blob=True)
+settings.load_profile("predaudit")
 
 BQ_PROJECT = "predaudit-test"
 
