@@ -139,6 +139,12 @@ def cmd_schema(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace, out: IO[str]) -> int:
+    from pipelines.replay import run
+
+    return run(args.beam_args)
+
+
 def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
     """Validation demo: simulate a stream with malformed lines, then validate it."""
     import tempfile
@@ -188,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     ddl.add_argument("--ttl-days", type=int, default=0, help="ClickHouse TTL (0 = keep forever)")
     ddl.set_defaults(func=cmd_schema)
 
+    r = sub.add_parser(
+        "replay",
+        help="batch replay / backfill of JSONL files through validate -> sinks (Beam options follow)",
+        add_help=False,
+    )
+    r.set_defaults(func=cmd_replay)
+
     d = sub.add_parser("demo", help="the local end-to-end demo")
     d.set_defaults(func=cmd_demo)
     return p
@@ -196,7 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if args.command != "replay" and rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    args.beam_args = rest
     try:
         return args.func(args, out)
     except UsageError as exc:

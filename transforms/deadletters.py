@@ -1,0 +1,131 @@
+"""The one dead-letter record type, fed by every stage (decode, sinks, monitors).
+
+A dead letter keeps the full raw payload (or, above the cap, its prefix + sha256 + size),
+the Pub/Sub attributes, a stable code, the JSON path and a message, so an operator can
+fix the producer and replay. PII features of a parseable payload are redacted first.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import orjson
+
+from schemas.specs import PiiRedactor
+from transforms.rows import PIPELINE_VERSION
+
+
+class RawMessage(NamedTuple):
+    """One input message, from Pub/Sub or a replayed file line."""
+
+    data: bytes
+    attributes: Mapping[str, str]
+    message_id: str | None = None
+    publish_time: dt.datetime | None = None
+
+
+def redact_payload(data: bytes, redactors: Mapping[str, PiiRedactor]) -> bytes:
+    """Apply PII rules to a rejected payload when it parses and names a model with PII rules.
+
+    A payload that does not parse cannot be searched for feature values; it is kept as is.
+
+    >>> redact_payload(b"not json", {})
+    b'not json'
+    """
+    if not redactors:
+        return data
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    if not isinstance(doc, dict):
+        return data
+    model = doc.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    red = redactors.get(name) if isinstance(name, str) else None
+    features = doc.get("features")
+    if red is None or not isinstance(features, dict):
+        return data
+    doc["features"] = red.apply(features)
+    return orjson.dumps(doc)
+
+
+def dead_letter(
+    msg: RawMessage,
+    *,
+    stage: str,
+    kind: str,
+    code: str,
+    path: str,
+    message: str,
+    ingest_time: dt.datetime,
+    prefix_bytes: int,
+    max_bytes: int,
+    redactors: Mapping[str, PiiRedactor] | None = None,
+    event_id: str | None = None,
+    model: tuple[str | None, str | None] = (None, None),
+) -> dict[str, Any]:
+    """A ``dead_letters`` row. ``dead_letter_id`` is stable for the same stage and payload.
+
+    >>> now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+    >>> d = dead_letter(RawMessage(b"{x", {"a": "b"}), stage="decode", kind="prediction",
+    ...                 code="invalid_json", path="$", message="bad", ingest_time=now,
+    ...                 prefix_bytes=4096, max_bytes=262144)
+    >>> d["payload_text"], d["payload_size"], d["payload_truncated"], d["attributes"]
+    ('{x', 2, False, '{"a":"b"}')
+    """
+    data = msg.data
+    digest = hashlib.sha256(data).hexdigest()
+    truncated = len(data) > max_bytes
+    stored = data[:prefix_bytes] if truncated else redact_payload(data, redactors or {})
+    try:
+        text: str | None = stored.decode("utf-8")
+        b64 = None
+    except UnicodeDecodeError:
+        text, b64 = None, base64.b64encode(stored).decode()
+    return {
+        "dead_letter_id": hashlib.sha256(f"{stage}\x00{code}\x00{digest}".encode()).hexdigest(),
+        "stage": stage,
+        "kind": kind,
+        "error_code": code,
+        "error_path": path,
+        "error_message": message[:2000],
+        "event_id": event_id,
+        "model_name": model[0],
+        "model_version": model[1],
+        "payload_text": text,
+        "payload_base64": b64,
+        "payload_sha256": digest,
+        "payload_size": len(data),
+        "payload_truncated": truncated,
+        "attributes": orjson.dumps(dict(msg.attributes or {})).decode(),
+        "message_id": msg.message_id,
+        "publish_time": msg.publish_time,
+        "ingest_time": ingest_time,
+        "pipeline_version": PIPELINE_VERSION,
+    }
+
+
+def row_dead_letter(
+    table: str, row: Mapping[str, Any], *, stage: str, code: str, message: str
+) -> dict[str, Any]:
+    """A dead letter for an audit row a sink refused or could not write (the row is the payload)."""
+    payload = orjson.dumps(dict(row), default=str, option=orjson.OPT_NON_STR_KEYS)
+    now = row.get("ingest_time")
+    return dead_letter(
+        RawMessage(payload, {"table": table}, row.get("message_id"), row.get("publish_time")),
+        stage=stage,
+        kind="row",
+        code=code,
+        path=f"$.{table}",
+        message=message,
+        ingest_time=now if isinstance(now, dt.datetime) else dt.datetime.now(dt.timezone.utc),
+        prefix_bytes=len(payload),
+        max_bytes=len(payload),
+        event_id=row.get("event_id"),
+        model=(row.get("model_name"), row.get("model_version")),
+    )
