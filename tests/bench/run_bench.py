@@ -102,9 +102,7 @@ def bench_replay(n: int) -> None:
                 env=env,
             )
             res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(
-        f"\nreplay, {n:,} simulated events ({size / 1e6:.0f} MB), DirectRunner, 1 process"
-    )
+    print(f"\nreplay, {n:,} simulated events ({size / 1e6:.0f} MB), DirectRunner, 1 process")
     print(f"{'pipeline':<52}{'events/s':>12}{'seconds':>10}{'peak MB':>10}")
     for mode, label in (
         ("trivial", "baseline: read + orjson.loads + count"),
