@@ -231,14 +231,16 @@ class PiiKey:
     def __init__(self, secret: bytes) -> None:
         if len(secret) < 16:
             raise ValueError("PII key must be at least 16 bytes")
-        self._secret = secret
+        self._mac = hmac.new(secret, digestmod=hashlib.sha256)  # keyed once; copied per value
 
     def __repr__(self) -> str:
         return "PiiKey(<redacted>)"
 
     def hash(self, value: Any) -> str:
         data = value.encode() if isinstance(value, str) else msgspec.json.encode(value)
-        return "hmac-sha256:" + hmac.new(self._secret, data, hashlib.sha256).hexdigest()
+        mac = self._mac.copy()
+        mac.update(data)
+        return "hmac-sha256:" + mac.hexdigest()
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> PiiKey | None:

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import orjson
 
 from schemas.specs import PiiRedactor
-from transforms.rows import PIPELINE_VERSION
+from transforms.rows import PIPELINE_VERSION, from_micros, to_micros
 
 
 class RawMessage(NamedTuple):
@@ -104,8 +104,8 @@ def dead_letter(
         "payload_truncated": truncated,
         "attributes": orjson.dumps(dict(msg.attributes or {})).decode(),
         "message_id": msg.message_id,
-        "publish_time": msg.publish_time,
-        "ingest_time": ingest_time,
+        "publish_time": to_micros(msg.publish_time),
+        "ingest_time": to_micros(ingest_time),
         "pipeline_version": PIPELINE_VERSION,
     }
 
@@ -115,17 +115,21 @@ def row_dead_letter(
 ) -> dict[str, Any]:
     """A dead letter for an audit row a sink refused or could not write (the row is the payload)."""
     payload = orjson.dumps(dict(row), default=str, option=orjson.OPT_NON_STR_KEYS)
-    now = row.get("ingest_time")
     return dead_letter(
-        RawMessage(payload, {"table": table}, row.get("message_id"), row.get("publish_time")),
+        RawMessage(payload, {"table": table}, row.get("message_id"), _maybe_dt(row.get("publish_time"))),
         stage=stage,
         kind="row",
         code=code,
         path=f"$.{table}",
         message=message,
-        ingest_time=now if isinstance(now, dt.datetime) else dt.datetime.now(dt.timezone.utc),
+        # tables without an ingest_time (monitor output): the diversion time is the ingest stamp
+        ingest_time=_maybe_dt(row.get("ingest_time")) or dt.datetime.now(dt.timezone.utc),
         prefix_bytes=len(payload),
         max_bytes=len(payload),
         event_id=row.get("event_id"),
         model=(row.get("model_name"), row.get("model_version")),
     )
+
+
+def _maybe_dt(us: int | None) -> dt.datetime | None:
+    return None if us is None else from_micros(us)

@@ -1,7 +1,9 @@
 """Audit-row encoding: a validated event -> one immutable row of ``schemas/tables.py``.
 
 Pure functions (no Beam): the DoFns in ``transforms/`` are thin wrappers around them.
-Timestamps stay ``datetime`` (UTC); each sink encodes them for its wire format.
+Timestamps are integer microseconds since the epoch (UTC): cheap for Beam's coders to move
+between stages, the native tick of ClickHouse DateTime64(6); the BigQuery sink renders them
+as RFC 3339.
 """
 
 from __future__ import annotations
@@ -15,6 +17,25 @@ import orjson
 from schemas.specs import PiiRedactor
 
 PIPELINE_VERSION = "0.1.0"
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_US = dt.timedelta(microseconds=1)
+
+
+def to_micros(t: dt.datetime | None) -> int | None:
+    """Epoch microseconds of an aware datetime (exact, no float rounding).
+
+    >>> to_micros(dt.datetime(2026, 3, 1, 12, 0, 0, 123456, tzinfo=dt.timezone.utc))
+    1772366400123456
+    """
+    return None if t is None else (t - _EPOCH) // _US
+
+
+def from_micros(us: int) -> dt.datetime:
+    """
+    >>> from_micros(1772366400123456).isoformat()
+    '2026-03-01T12:00:00.123456+00:00'
+    """
+    return _EPOCH + dt.timedelta(microseconds=us)
 
 
 def _json(value: Any) -> str | None:
@@ -46,7 +67,7 @@ def prediction_row(
     label = pred.label
     return {
         "event_id": ev.event_id,
-        "event_time": event_time,
+        "event_time": to_micros(event_time),
         "model_name": ev.model.name,
         "model_version": ev.model.version,
         "schema_version": ev.schema_version,
@@ -62,8 +83,8 @@ def prediction_row(
         "extensions": _json(getattr(ev, "extensions", None)),
         "quality_issues": quality_issues or [],
         "message_id": message_id,
-        "publish_time": publish_time,
-        "ingest_time": ingest_time,
+        "publish_time": to_micros(publish_time),
+        "ingest_time": to_micros(ingest_time),
         "payload_sha256": hashlib.sha256(raw).hexdigest(),
         "pipeline_version": pipeline_version,
     }
@@ -92,15 +113,15 @@ def label_row(
     numeric = float(label) if isinstance(label, int | float) and not isinstance(label, bool) else None
     return {
         "event_id": ev.event_id,
-        "label_time": label_time,
+        "label_time": to_micros(label_time),
         "label": label if isinstance(label, str) else orjson.dumps(label).decode(),
         "label_numeric": numeric,
         "model_name": ev.model.name if ev.model is not None else None,
         "model_version": ev.model.version if ev.model is not None else None,
         "schema_version": ev.schema_version,
         "message_id": message_id,
-        "publish_time": publish_time,
-        "ingest_time": ingest_time,
+        "publish_time": to_micros(publish_time),
+        "ingest_time": to_micros(ingest_time),
         "payload_sha256": hashlib.sha256(raw).hexdigest(),
         "pipeline_version": pipeline_version,
     }

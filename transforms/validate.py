@@ -43,9 +43,19 @@ class _ValidateFn(beam.DoFn):
         # the PII key comes from the worker's environment, never from the pickled graph
         self.redactors = redactors(self.specs, PiiKey.from_env())
         self.decode = self.decoders.prediction if self.kind == "prediction" else self.decoders.label
+        self.time_field = "event_time" if self.kind == "prediction" else "label_time"
+        self.received, self.valid = f"{self.kind}_received", f"{self.kind}_valid"
 
     def process(self, msg: RawMessage) -> Iterator[Any]:
-        counter(f"{self.kind}_received").inc()
+        row, dead = self.validate(msg)
+        if dead is not None:
+            yield pvalue.TaggedOutput(DEAD_LETTERS, dead)
+        else:
+            yield TimestampedValue(row, row[self.time_field] / 1e6)
+
+    def validate(self, msg: RawMessage) -> tuple[dict | None, dict | None]:
+        """(audit row, None) or (None, dead letter); counts every path."""
+        counter(self.received).inc()
         # ingest_time is a processing-time stamp by definition (recorded, never used in logic)
         ingest_time = dt.datetime.now(dt.timezone.utc)
         now = msg.publish_time if self.check_time_bounds else None
@@ -78,20 +88,13 @@ class _ValidateFn(beam.DoFn):
         except EventValidationError as exc:
             counter(f"{self.kind}_invalid").inc()
             counter(f"{self.kind}_invalid_{exc.code}").inc()
-            yield pvalue.TaggedOutput(
-                DEAD_LETTERS, self._dead(msg, exc.code, exc.path, exc.message, ingest_time)
-            )
-            return
+            return None, self._dead(msg, exc.code, exc.path, exc.message, ingest_time)
         except Exception as exc:  # noqa: BLE001 -- a bug must not fail the bundle: dead-letter it, counted
             counter(f"{self.kind}_internal_error").inc()
             _log.exception("internal error validating message %s", msg.message_id)
-            yield pvalue.TaggedOutput(
-                DEAD_LETTERS,
-                self._dead(msg, "internal_error", "$", f"{type(exc).__name__}: {exc}", ingest_time),
-            )
-            return
-        counter(f"{self.kind}_valid").inc()
-        yield TimestampedValue(row, ts.timestamp())
+            return None, self._dead(msg, "internal_error", "$", f"{type(exc).__name__}: {exc}", ingest_time)
+        counter(self.valid).inc()
+        return row, None
 
     def _dead(self, msg: RawMessage, code: str, path: str, message: str, ingest_time: dt.datetime) -> dict:
         return dead_letter(
@@ -108,10 +111,29 @@ class _ValidateFn(beam.DoFn):
         )
 
 
+class _ValidateBatchFn(_ValidateFn):
+    """Batch form for bounded input: a list of messages -> one list of rows (+ dead letters).
+
+    Beam's per-element overhead is paid once per batch; the replay pipeline uses it.
+    """
+
+    def process(self, batch: list[RawMessage]) -> Iterator[Any]:
+        rows = []
+        for msg in batch:
+            row, dead = self.validate(msg)
+            if dead is not None:
+                yield pvalue.TaggedOutput(DEAD_LETTERS, dead)
+            else:
+                rows.append(row)
+        if rows:
+            yield rows
+
+
 class ValidateEvents(beam.PTransform):
     """RawMessage -> audit rows; ``result[DEAD_LETTERS]`` holds the dead letters.
 
-    Rows carry the event time as their element timestamp (replay windows by prediction time).
+    Rows carry the event time as their element timestamp. With ``batched=True`` the input
+    is lists of messages and the main output lists of rows (the replay pipeline's form).
     """
 
     def __init__(
@@ -120,13 +142,15 @@ class ValidateEvents(beam.PTransform):
         limits: Limits | None = None,
         specs: Mapping[str, ModelSpec] | None = None,
         check_time_bounds: bool = True,
+        batched: bool = False,
     ) -> None:
         super().__init__()
         if kind not in ("prediction", "label"):
             raise ValueError(f"kind must be prediction or label, not {kind!r}")
         specs = dict(specs or {})
         redactors(specs, PiiKey.from_env())  # fail at graph construction when a PII key is missing
-        self._fn = _ValidateFn(kind, limits or Limits(), specs, check_time_bounds)
+        cls = _ValidateBatchFn if batched else _ValidateFn
+        self._fn = cls(kind, limits or Limits(), specs, check_time_bounds)
 
     def expand(self, messages: beam.PCollection) -> pvalue.DoOutputsTuple:
         return messages | beam.ParDo(self._fn).with_outputs(DEAD_LETTERS, main="rows")

@@ -118,7 +118,8 @@ def test_replay_counts_and_dedup_in_pipeline(tmp_path, chdb_path, chdb_client, c
     )
     with beam.Pipeline(options=opts) as p:
         out = build(p, opts)
-        ids = out["predictions"] | beam.Map(lambda r: r["event_id"])
+        rows = (out["predictions"], out["predictions/duplicates"]) | beam.Flatten()
+        ids = rows | beam.FlatMap(lambda batch: [r["event_id"] for r in batch])
         assert_that(ids, equal_to(sorted({ln.event_id for ln in lines})))
     assert ch_count(chdb_client, ch_database, "SELECT count() FROM {db}.predictions") == 300
 

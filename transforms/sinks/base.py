@@ -1,17 +1,20 @@
 """The shared sink mechanics: batching, retries, bisecting a refused batch, dead letters.
 
 A concrete sink supplies ``connect()``, ``insert(table, rows)`` (returning the indexes of
-rows the service refused individually) and ``is_transient(exc)``.
+rows the service refused individually) and ``is_transient(exc)``. One DoFn instance
+writes one table; rows are buffered per bundle and flushed at ``max_batch_size`` and at
+the end of the bundle.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.timestamp import MIN_TIMESTAMP
 
 from transforms.deadletters import row_dead_letter
 from transforms.metrics import counter
@@ -21,12 +24,19 @@ _log = logging.getLogger(__name__)
 
 
 class SinkFn(beam.DoFn):
-    """Writes batches of ``(table, row)``; yields dead letters for rows it could not write."""
+    """Writes rows (or lists of rows) of one table; yields dead letters for rows it could not write."""
 
     name = "sink"
 
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
+    def __init__(self, policy: RetryPolicy, table: str = "predictions", max_batch_size: int = 5000) -> None:
+        self.policy, self.table, self.max_batch_size = policy, table, max_batch_size
+
+    def for_table(self, table: str, max_batch_size: int) -> SinkFn:
+        """A copy of this sink (same connection settings) that writes ``table``."""
+        clone = object.__new__(type(self))
+        clone.__dict__.update(self.__dict__)
+        clone.table, clone.max_batch_size = table, max_batch_size
+        return clone
 
     # -- to implement ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -42,15 +52,29 @@ class SinkFn(beam.DoFn):
     def setup(self) -> None:
         self.connect()
 
-    def process(self, batch: Sequence[tuple[str, dict[str, Any]]]) -> Iterator[dict[str, Any]]:
-        by_table: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for table, row in batch:
-            by_table[table].append(row)
-        for table, rows in by_table.items():
-            yield from self._write(table, rows)
+    def start_bundle(self) -> None:
+        self._buffer: list[dict[str, Any]] = []
+        self._last_ts = MIN_TIMESTAMP
 
-    def _write(self, table: str, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        stage = f"sink.{self.name}"
+    def process(
+        self, element: dict[str, Any] | list[dict[str, Any]], ts=beam.DoFn.TimestampParam
+    ) -> Iterator[dict[str, Any]]:
+        if isinstance(element, list):  # a batch of rows (replay)
+            self._buffer.extend(element)
+        else:
+            self._buffer.append(element)
+        self._last_ts = max(self._last_ts, ts)
+        if len(self._buffer) >= self.max_batch_size:
+            rows, self._buffer = self._buffer, []
+            yield from self._write(rows)
+
+    def finish_bundle(self) -> Iterator[Any]:
+        rows, self._buffer = self._buffer, []
+        for dead in self._write(rows) if rows else ():
+            yield GlobalWindows.windowed_value(dead, self._last_ts)
+
+    def _write(self, rows: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        table, stage = self.table, f"sink.{self.name}"
         try:
             refused = call_with_retries(
                 lambda: self.insert(table, rows),
@@ -61,28 +85,26 @@ class SinkFn(beam.DoFn):
         except RetriesExhausted as exc:
             counter(f"{self.name}_exhausted_rows").inc(len(rows))
             _log.warning("%s: %d %s rows to dead letters: %s", stage, len(rows), table, exc)
-            yield from self._dead(table, rows, "sink_exhausted", str(exc))
+            yield from self._dead(rows, "sink_exhausted", str(exc))
             return
         except Exception as exc:  # noqa: BLE001 -- a permanent refusal: isolate the bad rows by bisection
             if len(rows) > 1:
                 mid = len(rows) // 2
-                yield from self._write(table, rows[:mid])
-                yield from self._write(table, rows[mid:])
+                yield from self._write(rows[:mid])
+                yield from self._write(rows[mid:])
                 return
             counter(f"{self.name}_rejected_rows").inc()
-            yield from self._dead(table, rows, "sink_rejected", f"{type(exc).__name__}: {exc}")
+            yield from self._dead(rows, "sink_rejected", f"{type(exc).__name__}: {exc}")
             return
         bad = {i for i, _ in refused}
         counter(f"{self.name}_rows_written_{table}").inc(len(rows) - len(bad))
         if refused:
             counter(f"{self.name}_rejected_rows").inc(len(bad))
             for i, reason in refused:
-                yield from self._dead(table, [rows[i]], "sink_rejected", reason)
+                yield from self._dead([rows[i]], "sink_rejected", reason)
 
-    def _dead(
-        self, table: str, rows: list[dict[str, Any]], code: str, message: str
-    ) -> Iterator[dict[str, Any]]:
-        if table == "dead_letters":
+    def _dead(self, rows: list[dict[str, Any]], code: str, message: str) -> Iterator[dict[str, Any]]:
+        if self.table == "dead_letters":
             # nowhere further to divert: the other sinks hold the same dead letters
             counter(f"{self.name}_dead_letters_unwritten").inc(len(rows))
             for row in rows:
@@ -91,19 +113,4 @@ class SinkFn(beam.DoFn):
                 )
             return
         for row in rows:
-            yield row_dead_letter(table, row, stage=f"sink.{self.name}", code=code, message=message)
-
-
-class WriteToSink(beam.PTransform):
-    """``(table, row)`` -> batched writes; the output PCollection holds the sink's dead letters."""
-
-    def __init__(self, fn: SinkFn, max_batch_size: int = 5000) -> None:
-        super().__init__()
-        self.fn, self.max_batch_size = fn, max_batch_size
-
-    def expand(self, rows: beam.PCollection) -> beam.PCollection:
-        return (
-            rows
-            | "Batch" >> beam.BatchElements(min_batch_size=1, max_batch_size=self.max_batch_size)
-            | "Write" >> beam.ParDo(self.fn)
-        )
+            yield row_dead_letter(self.table, row, stage=f"sink.{self.name}", code=code, message=message)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import orjson
 
 from schemas.tables import TABLES
+from transforms.rows import from_micros
 from transforms.sinks.base import SinkFn
 from transforms.sinks.retry import RetryPolicy
 
@@ -16,13 +16,19 @@ MAX_ROWS = 500
 MAX_BYTES = 9_000_000
 
 
-def to_json_row(row: dict[str, Any]) -> dict[str, Any]:
-    """Timestamps as RFC 3339 strings; everything else is already JSON-ready.
+_TS_COLUMNS = {
+    name: frozenset(c.name for c in t.columns if c.kind == "timestamp") for name, t in TABLES.items()
+}
 
-    >>> to_json_row({"t": dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), "x": None})
-    {'t': '2026-01-01T00:00:00+00:00'}
+
+def to_json_row(table: str, row: dict[str, Any]) -> dict[str, Any]:
+    """Epoch-microsecond timestamps as RFC 3339 strings; nulls left out; the rest is JSON-ready.
+
+    >>> to_json_row("labels", {"label_time": 1767225600000001, "label": "x", "model_name": None})
+    {'label_time': '2026-01-01T00:00:00.000001+00:00', 'label': 'x'}
     """
-    return {k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in row.items() if v is not None}
+    ts = _TS_COLUMNS[table]
+    return {k: (from_micros(v).isoformat() if k in ts else v) for k, v in row.items() if v is not None}
 
 
 def chunks(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
@@ -66,7 +72,7 @@ class BigQuerySinkFn(SinkFn):
         key = TABLES[table].key
         ref = f"{self.project}.{self.dataset}.{table}"
         refused: list[tuple[int, str]] = []
-        json_rows = [to_json_row(r) for r in rows]
+        json_rows = [to_json_row(table, r) for r in rows]
         for offset, chunk in chunks(json_rows):
             errors = self.client.insert_rows_json(ref, chunk, row_ids=[r[key] for r in chunk], retry=None)
             for err in errors:

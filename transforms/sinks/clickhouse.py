@@ -40,8 +40,9 @@ class ClickHouseSinkFn(SinkFn):
         cols = TABLES[table].column_names
         self.client.insert(
             f"`{self.database}`.`{table}`",
-            [[row.get(c) for c in cols] for row in rows],
+            [[row.get(c) for row in rows] for c in cols],
             column_names=cols,
+            column_oriented=True,
             settings={"insert_deduplication_token": dedup_token(table, rows)},
         )
         return []

@@ -6,11 +6,15 @@ from collections.abc import Sequence
 
 import apache_beam as beam
 
-from transforms.sinks.base import SinkFn, WriteToSink
+from transforms.sinks.base import SinkFn
 
 
 class WriteAudit(beam.PTransform):
-    """Input: ``{"predictions": rows, "labels": rows, "dead_letters": dead}``; output: all dead letters."""
+    """Input: ``{table or "table/part": rows, "dead_letters": dead}``; output: all dead letters.
+
+    Every table other than ``dead_letters`` is written first; what a sink refuses joins
+    the decode dead letters, and those are written to every sink last.
+    """
 
     def __init__(self, fns: Sequence[SinkFn], max_batch_size: int = 5000) -> None:
         super().__init__()
@@ -19,15 +23,19 @@ class WriteAudit(beam.PTransform):
         self.fns, self.max_batch_size = list(fns), max_batch_size
 
     def expand(self, pcolls: dict) -> beam.PCollection:
-        tagged = [
-            pcolls[table] | f"Tag_{table}" >> beam.Map(lambda r, t: (t, r), table)
-            for table in ("predictions", "labels")
-            if table in pcolls
+        # a table may come as several PCollections ("table/part"): each is written by its own
+        # DoFn, not through a Flatten, which would make the runner materialize every row
+        refused = [
+            pcolls[name]
+            | f"Write_{name.replace('/', '_')}_{fn.name}"
+            >> beam.ParDo(fn.for_table(name.split("/")[0], self.max_batch_size))
+            for name in sorted(pcolls)
+            if name != "dead_letters"
+            for fn in self.fns
         ]
-        rows = tagged | "AllRows" >> beam.Flatten()
-        refused = [rows | f"Write_{fn.name}" >> WriteToSink(fn, self.max_batch_size) for fn in self.fns]
         dead = [pcolls["dead_letters"], *refused] | "AllDeadLetters" >> beam.Flatten()
-        keyed = dead | "Tag_dead_letters" >> beam.Map(lambda r: ("dead_letters", r))
         for fn in self.fns:
-            _ = keyed | f"WriteDeadLetters_{fn.name}" >> WriteToSink(fn, self.max_batch_size)
+            _ = dead | f"Write_dead_letters_{fn.name}" >> beam.ParDo(
+                fn.for_table("dead_letters", self.max_batch_size)
+            )
         return dead
