@@ -146,17 +146,16 @@ def cmd_replay(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
-    """Validation demo: simulate a stream with malformed lines, then validate it."""
-    import tempfile
+    """The end-to-end demo on the real local components (see pipelines/demo.py)."""
+    from pipelines.demo import run_demo
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = str(pathlib.Path(tmp) / "events.jsonl")
-        parser = build_parser()
-        cmd_simulate(
-            parser.parse_args(["simulate", "--events", "5000", "--bad-fraction", "0.03", "--out", path]), out
-        )
-        cmd_validate(parser.parse_args(["validate", path, "--spec", str(DEFAULT_SPECS)]), out)
-    return 0
+    return run_demo(events=args.events, out=out)
+
+
+def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    from pipelines.audit_pipeline import run
+
+    return run(args.beam_args)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,7 +201,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_replay)
 
     d = sub.add_parser("demo", help="the local end-to-end demo")
+    d.add_argument("--events", type=int, default=3000)
     d.set_defaults(func=cmd_demo)
+
+    rn = sub.add_parser("run", help="the streaming pipeline (Beam options follow)", add_help=False)
+    rn.set_defaults(func=cmd_run)
     return p
 
 
@@ -210,7 +213,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
-    if args.command != "replay" and rest:
+    if args.command not in ("replay", "run") and rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     args.beam_args = rest
     try:

@@ -43,6 +43,11 @@ class AuditOptions(PipelineOptions):
         )
         a("--sink_batch_size", type=int, default=5000, help="max rows per sink write")
         a("--sink_max_attempts", type=int, default=6, help="tries per batch on transient sink errors")
+        a(
+            "--timestamp_attribute",
+            default="event_time",
+            help="Pub/Sub attribute with the event time (RFC 3339 or epoch ms); empty = publish time",
+        )
 
 
 class OptionsError(ValueError):

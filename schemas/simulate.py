@@ -47,6 +47,7 @@ class SimConfig:
     bad_fraction: float = 0.0
     duplicate_fraction: float = 0.0
     label_fraction: float = 0.0
+    quality_fraction: float = 0.0  # valid events with one out-of-spec feature value
 
 
 @dataclasses.dataclass
@@ -130,6 +131,8 @@ class Simulator:
         cfg, rng = self.cfg, self.rng
         drifted = cfg.drift_at is not None and i >= cfg.drift_at
         features = self._features(drifted)
+        if cfg.quality_fraction and rng.random() < cfg.quality_fraction:
+            self._spoil(features)
         pred, truth = self._prediction(features)
         t = cfg.start + dt.timedelta(seconds=i / cfg.rate_per_s)
         ev = {
@@ -146,12 +149,20 @@ class Simulator:
         }
         return ev, truth
 
+    def _spoil(self, features: dict) -> None:
+        """Make one feature break the spec (still a valid event): out of range or unseen."""
+        f = self.rng.choice([f for f in self.spec.features if f.type in ("numeric", "categorical")])
+        if f.type == "numeric":
+            features[f.name] = (f.range[1] if f.range else 100.0) * 10 + 1
+        else:
+            features[f.name] = "UNSEEN"
+
     def _bad(self, ev: dict, kind: str) -> bytes:
         raw = orjson.dumps(ev)
         if kind == "truncated_json":
             return raw[: len(raw) // 2]
         if kind == "not_json":
-            return b"prediction=" + raw[:40]
+            return b"prediction=" + ev["event_id"].encode() + b" " + raw[:40]
         if kind == "wrong_type":
             ev["latency_ms"] = "fast"
         elif kind == "missing_field":

@@ -135,7 +135,12 @@ DEAD_LETTERS = Table(
     "dead_letters",
     "Inputs that could not be audited or written, with the reason and the payload.",
     (
-        _c("dead_letter_id", "string", True, "sha256 of stage + payload: stable across retries."),
+        _c(
+            "dead_letter_id",
+            "string",
+            True,
+            "sha256 of stage, code, payload and message id: stable across retries.",
+        ),
         _c("stage", "lowcard", True, "decode | sink.bigquery | sink.clickhouse | monitor"),
         _c("kind", "lowcard", True, "prediction | label | row"),
         _c("error_code", "lowcard", True),

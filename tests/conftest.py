@@ -46,6 +46,13 @@ def bq_emulator(tmp_path_factory: pytest.TempPathFactory):
 
 
 @pytest.fixture(scope="session")
+def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory):
+    svc = localstack.start_pubsub_emulator(tmp_path_factory.mktemp("pubsub-logs"))
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
 def bq_client(bq_emulator):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import bigquery

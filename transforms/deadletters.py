@@ -69,7 +69,7 @@ def dead_letter(
     event_id: str | None = None,
     model: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
-    """A ``dead_letters`` row. ``dead_letter_id`` is stable for the same stage and payload.
+    """A ``dead_letters`` row. ``dead_letter_id`` is stable for the same stage, payload and message.
 
     >>> now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     >>> d = dead_letter(RawMessage(b"{x", {"a": "b"}), stage="decode", kind="prediction",
@@ -88,7 +88,11 @@ def dead_letter(
     except UnicodeDecodeError:
         text, b64 = None, base64.b64encode(stored).decode()
     return {
-        "dead_letter_id": hashlib.sha256(f"{stage}\x00{code}\x00{digest}".encode()).hexdigest(),
+        # distinct messages with the same bytes stay distinct; a redelivery of one message
+        # (same message_id) or an identical replayed line collapses
+        "dead_letter_id": hashlib.sha256(
+            f"{stage}\x00{code}\x00{digest}\x00{msg.message_id or ''}".encode()
+        ).hexdigest(),
         "stage": stage,
         "kind": kind,
         "error_code": code,

@@ -45,6 +45,19 @@ def chunks(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[int, list[dict[str,
         yield start, cur
 
 
+def bigquery_client(project: str, endpoint: str = ""):
+    """A BigQuery client; with ``endpoint`` (the emulator) anonymous credentials are used."""
+    from google.cloud import bigquery
+
+    if not endpoint:
+        return bigquery.Client(project=project)
+    from google.auth.credentials import AnonymousCredentials
+
+    return bigquery.Client(
+        project=project, credentials=AnonymousCredentials(), client_options={"api_endpoint": endpoint}
+    )
+
+
 class BigQuerySinkFn(SinkFn):
     name = "bigquery"
 
@@ -54,19 +67,11 @@ class BigQuerySinkFn(SinkFn):
         super().__init__(policy or RetryPolicy())
         self.project, self.dataset, self.endpoint = project, dataset, endpoint
 
-    def connect(self) -> None:
-        from google.cloud import bigquery
+    def client_key(self) -> tuple:
+        return (self.project, self.endpoint)
 
-        if self.endpoint:  # the emulator: anonymous credentials
-            from google.auth.credentials import AnonymousCredentials
-
-            self.client = bigquery.Client(
-                project=self.project,
-                credentials=AnonymousCredentials(),
-                client_options={"api_endpoint": self.endpoint},
-            )
-        else:
-            self.client = bigquery.Client(project=self.project)
+    def make_client(self):
+        return bigquery_client(self.project, self.endpoint)
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
         key = TABLES[table].key

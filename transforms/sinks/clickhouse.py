@@ -31,10 +31,13 @@ class ClickHouseSinkFn(SinkFn):
         super().__init__(policy or RetryPolicy())
         self.dsn, self.database = dsn, database
 
-    def connect(self) -> None:
+    def client_key(self) -> tuple:
+        return (self.dsn,)
+
+    def make_client(self):
         import clickhouse_connect
 
-        self.client = clickhouse_connect.get_client(dsn=self.dsn)
+        return clickhouse_connect.get_client(dsn=self.dsn)
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
         cols = TABLES[table].column_names

@@ -1,0 +1,102 @@
+"""The streaming audit pipeline: Pub/Sub -> validate -> dedup -> BigQuery/ClickHouse (+ dead letters).
+
+Run as ``predaudit run [options]`` or ``python -m pipelines.audit_pipeline [options]`` (what
+the Flex Template launches). Wiring only: every step is a transform in ``transforms/``.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
+from apache_beam.options.pipeline_options import StandardOptions
+
+from pipelines.common import patch_direct_runner_pubsub, sink_fns, specs_from
+from pipelines.options import AuditOptions, OptionsError, validate
+from transforms.deadletters import RawMessage
+from transforms.dedup import DedupByEventId
+from transforms.sinks.write import WriteAudit
+from transforms.validate import DEAD_LETTERS, ValidateEvents
+
+
+def to_raw_message(msg: PubsubMessage) -> RawMessage:
+    return RawMessage(msg.data or b"", dict(msg.attributes or {}), msg.message_id, msg.publish_time)
+
+
+def dead_letter_message(dead: dict) -> PubsubMessage:
+    """A dead letter as a Pub/Sub message, with attributes for subscription filters."""
+    attrs = {k: str(dead[k]) for k in ("stage", "kind", "error_code") if dead.get(k)}
+    return PubsubMessage(orjson.dumps(dead), attrs)
+
+
+def _read(p: beam.Pipeline, label: str, subscription: str, opts: AuditOptions) -> beam.PCollection:
+    on_dataflow = "Dataflow" in (opts.view_as(StandardOptions).runner or "")
+    return (
+        p
+        | f"Read{label}"
+        >> ReadFromPubSub(
+            subscription=subscription,
+            with_attributes=True,
+            timestamp_attribute=opts.timestamp_attribute or None,
+            # Dataflow dedups redeliveries by this attribute; the DirectRunner rejects id_label
+            id_label="event_id" if on_dataflow else None,
+        )
+        | f"{label}ToMessages" >> beam.Map(to_raw_message)
+    )
+
+
+def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
+    sinks = validate(opts, "streaming")
+    specs = specs_from(opts)
+    preds = _read(
+        p, "Predictions", opts.predictions_subscription, opts
+    ) | "ValidatePredictions" >> ValidateEvents("prediction", specs=specs)
+    out = {
+        "predictions": preds.rows | "DedupPredictions" >> DedupByEventId(opts.dedup_horizon_s, "predictions")
+    }
+    dead = [preds[DEAD_LETTERS]]
+    if opts.labels_subscription:
+        labels = _read(p, "Labels", opts.labels_subscription, opts) | "ValidateLabels" >> ValidateEvents(
+            "label"
+        )
+        out["labels"] = labels.rows | "DedupLabels" >> DedupByEventId(
+            opts.dedup_horizon_s, "labels", "payload_sha256"
+        )
+        dead.append(labels[DEAD_LETTERS])
+    out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
+    all_dead = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks), opts.sink_batch_size)
+    if opts.dead_letter_topic:
+        _ = (
+            all_dead
+            | "DeadLettersToMessages" >> beam.Map(dead_letter_message)
+            | "PublishDeadLetters" >> WriteToPubSub(opts.dead_letter_topic, with_attributes=True)
+        )
+    out["all_dead_letters"] = all_dead
+    return out
+
+
+def streaming_options(argv: Sequence[str]) -> AuditOptions:
+    opts = AuditOptions(list(argv))
+    opts.view_as(StandardOptions).streaming = True
+    return opts
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    opts = streaming_options(sys.argv[1:] if argv is None else argv)
+    try:
+        validate(opts, "streaming")
+    except OptionsError as exc:
+        sys.stderr.write(f"predaudit run: error: {exc}\n")
+        return 2
+    patch_direct_runner_pubsub(opts)
+    p = beam.Pipeline(options=opts)
+    build(p, opts)
+    p.run().wait_until_finish()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run())

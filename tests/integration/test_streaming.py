@@ -1,0 +1,35 @@
+"""The streaming pipeline against the real Pub/Sub emulator, bqemulator and chDB."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipelines.demo import stream_end_to_end
+from tests.conftest import BQ_PROJECT
+
+
+@pytest.fixture(autouse=True)
+def pii_key(monkeypatch) -> None:
+    monkeypatch.setenv("PREDAUDIT_PII_KEY", "integration-test-key-0123456789")
+
+
+def test_publish_pipeline_both_sinks_conservation(
+    pubsub_emulator, bq_emulator, chdb_path, monkeypatch
+) -> None:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.endpoint)
+    s = stream_end_to_end(
+        pubsub_emulator.endpoint,
+        bq_emulator.endpoint,
+        f"chdb://{chdb_path}",
+        events=400,
+        out=None,
+        timeout=240,
+        project=BQ_PROJECT,
+        dataset="stream_e2e",
+        seed=7,
+    )
+    assert s["conserved"], s
+    assert s["bigquery_rows"] == s["clickhouse_rows"] == s["distinct"]
+    assert s["duplicates_collapsed"] == s["published"] - s["malformed"] - s["distinct"] > 0
+    assert sum(s["dead_letters"].values()) == s["malformed"] > 0
+    assert s["quality_rows"] > 0 and s["labels"] > 0
