@@ -100,12 +100,17 @@ def ensure_duckdb_spatial() -> None:
     duckdb_extensions.import_extension("spatial")
 
 
-def start_bqemulator(project: str, log_dir: pathlib.Path, port: int | None = None) -> Service:
+def start_bqemulator(
+    project: str, log_dir: pathlib.Path, port: int | None = None, data_dir: pathlib.Path | None = None
+) -> Service:
+    """bqemulator on loopback; with ``data_dir`` it persists (a restart keeps tables and rows)."""
     ensure_duckdb_spatial()
     port = port or free_port()
     exe = shutil.which("bqemulator") or str(pathlib.Path(sys.executable).with_name("bqemulator"))
     cmd = [exe, "start", "--rest-port", str(port), "--grpc-port", str(free_port()), "--project", project]
     cmd += ["--log-level", "warning"]
+    if data_dir is not None:
+        cmd += ["--persistent", "--data-dir", str(data_dir)]
     proc, log = _spawn("bqemulator", cmd, log_dir)
     svc = Service("bqemulator", proc, f"http://127.0.0.1:{port}", log)
     try:
