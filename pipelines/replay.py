@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import apache_beam as beam
 import msgspec
-from apache_beam.coders import BytesCoder
-from apache_beam.io.textio import ReadFromTextWithFilename
+from apache_beam.io import fileio
 
 from pipelines.common import sink_fns, specs_from
 from pipelines.options import AuditOptions, OptionsError, validate
@@ -23,21 +22,63 @@ from transforms.metrics import counter
 from transforms.sinks.write import WriteAudit
 from transforms.validate import DEAD_LETTERS, ValidateEvents
 
+BATCH_LINES = 2048
 
-def _to_messages(batch: list[tuple[str, bytes]]) -> list[RawMessage]:
-    msgs = [RawMessage(line.rstrip(b"\r"), {"source_file": name}) for name, line in batch if line.strip()]
-    if len(msgs) < len(batch):
-        counter("blank_lines_skipped").inc(len(batch) - len(msgs))
-    return msgs
+
+def _lines(fh) -> Iterator[bytes]:
+    """Lines of a plain or compressed Beam file handle (CompressedFile is not iterable)."""
+    if hasattr(fh, "__iter__"):
+        yield from fh
+        return
+    while line := fh.readline():
+        yield line
+
+
+def _line_batches(readable_file) -> Iterator[list[bytes]]:
+    """The lines of one file (compression by extension) in lists of BATCH_LINES."""
+    batch: list[bytes] = []
+    blank = 0
+    with readable_file.open() as fh:
+        for line in _lines(fh):
+            line = line.rstrip(b"\r\n")
+            if not line.strip():
+                blank += 1
+                continue
+            batch.append(line)
+            if len(batch) >= BATCH_LINES:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+    if blank:
+        counter("blank_lines_skipped").inc(blank)
+
+
+def _read_batches(p: beam.Pipeline, label: str, glob: str) -> beam.PCollection:
+    """Batches of raw lines, read per file: Beam's per-element cost is paid per batch."""
+    return (
+        p
+        | f"Match{label}"
+        >> fileio.MatchFiles(glob, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+        | f"Open{label}" >> fileio.ReadMatches()
+        | f"Read{label}" >> beam.FlatMap(_line_batches)
+    )
 
 
 def _read(p: beam.Pipeline, label: str, glob: str) -> beam.PCollection:
-    """Batches of RawMessage (Beam's per-element cost is paid per batch from here on)."""
+    """Batches of RawMessage tagged with their source file."""
+
+    def to_messages(readable_file) -> Iterator[list[RawMessage]]:
+        attrs = {"source_file": readable_file.metadata.path}
+        for batch in _line_batches(readable_file):
+            yield [RawMessage(line, attrs) for line in batch]
+
     return (
         p
-        | f"Read{label}" >> ReadFromTextWithFilename(glob, coder=BytesCoder())
-        | f"Batch{label}" >> beam.BatchElements(min_batch_size=256, max_batch_size=2048)
-        | f"{label}ToMessages" >> beam.Map(_to_messages)
+        | f"Match{label}"
+        >> fileio.MatchFiles(glob, empty_match_treatment=fileio.EmptyMatchTreatment.DISALLOW)
+        | f"Open{label}" >> fileio.ReadMatches()
+        | f"Read{label}" >> beam.FlatMap(to_messages)
     )
 
 
@@ -66,12 +107,7 @@ def payload_sha256_of(raw: bytes) -> str:
 
 def _keys_pass(p: beam.Pipeline, label: str, glob: str, extract) -> beam.PCollection:
     """First pass over the same files: which keys occur more than once."""
-    return (
-        p
-        | f"Read{label}Keys" >> beam.io.ReadFromText(glob, coder=BytesCoder())
-        | f"Batch{label}Keys" >> beam.BatchElements(min_batch_size=1024, max_batch_size=8192)
-        | f"Duplicate{label}Keys" >> DuplicateKeys(extract)
-    )
+    return _read_batches(p, f"{label}Keys", glob) | f"Duplicate{label}Keys" >> DuplicateKeys(extract)
 
 
 def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:

@@ -184,42 +184,51 @@ class QualityChecker:
     ['type_mismatch:a', 'missing_feature:c']
     """
 
-    _PY_TYPES: Mapping[str, tuple[type, ...]] = {
-        "numeric": (float, int),
-        "categorical": (str, int),
-        "boolean": (bool,),
-        "text": (str,),
-        "vector": (list,),
-    }
-
     def __init__(self, spec: ModelSpec) -> None:
-        self._rules = [
-            (
-                f.name,
-                f.type,
-                self._PY_TYPES[f.type],
-                f.range,
-                frozenset(f.categories) if f.categories is not None else None,
-                f.required,
-            )
-            for f in spec.features
+        inf = float("inf")
+        # one list per type: the decoder yields exactly float / str / bool / list / None values
+        self._numeric = [
+            (f.name, *(f.range or (-inf, inf)), f.required) for f in spec.features if f.type == "numeric"
         ]
+        self._categorical = [
+            (f.name, frozenset(f.categories) if f.categories is not None else None, f.required)
+            for f in spec.features
+            if f.type == "categorical"
+        ]
+        kinds = {"boolean": (bool,), "text": (str,), "vector": (list,)}
+        self._other = [(f.name, kinds[f.type], f.required) for f in spec.features if f.type in kinds]
         self._names = frozenset(f.name for f in spec.features)
 
     def check(self, features: Mapping[str, Any]) -> list[str]:
         issues: list[str] = []
-        for name, ftype, pytypes, rng, cats, required in self._rules:
-            value = features.get(name)
-            if value is None:
+        get = features.get
+        for name, lo, hi, required in self._numeric:
+            v = get(name)
+            if v.__class__ is float or (v.__class__ is int):
+                if not lo <= v <= hi:
+                    issues.append("feature_out_of_range:" + name)
+            elif v is None:
                 if required:
                     issues.append("missing_feature:" + name)
-                continue
-            if not isinstance(value, pytypes) or (ftype == "numeric" and isinstance(value, bool)):
+            else:
                 issues.append("type_mismatch:" + name)
-            elif rng is not None and not rng[0] <= value <= rng[1]:
-                issues.append("feature_out_of_range:" + name)
-            elif cats is not None and value not in cats:
-                issues.append("unseen_category:" + name)
+        for name, cats, required in self._categorical:
+            v = get(name)
+            if v.__class__ is str:
+                if cats is not None and v not in cats:
+                    issues.append("unseen_category:" + name)
+            elif v is None:
+                if required:
+                    issues.append("missing_feature:" + name)
+            else:
+                issues.append("type_mismatch:" + name)
+        for name, types, required in self._other:
+            v = get(name)
+            if v is None:
+                if required:
+                    issues.append("missing_feature:" + name)
+            elif not isinstance(v, types):
+                issues.append("type_mismatch:" + name)
         if len(features) > len(self._names) or not self._names.issuperset(features):
             issues.extend("unexpected_feature:" + n for n in features if n not in self._names)
         return issues

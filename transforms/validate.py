@@ -47,17 +47,18 @@ class _ValidateFn(beam.DoFn):
         self.received, self.valid = f"{self.kind}_received", f"{self.kind}_valid"
 
     def process(self, msg: RawMessage) -> Iterator[Any]:
-        row, dead = self.validate(msg)
+        counter(self.received).inc()
+        # ingest_time is a processing-time stamp by definition (recorded, never used in logic)
+        row, dead = self.validate(msg, dt.datetime.now(dt.timezone.utc))
         if dead is not None:
             yield pvalue.TaggedOutput(DEAD_LETTERS, dead)
         else:
+            counter(self.valid).inc()
             yield TimestampedValue(row, row[self.time_field] / 1e6)
 
-    def validate(self, msg: RawMessage) -> tuple[dict | None, dict | None]:
-        """(audit row, None) or (None, dead letter); counts every path."""
-        counter(self.received).inc()
-        # ingest_time is a processing-time stamp by definition (recorded, never used in logic)
-        ingest_time = dt.datetime.now(dt.timezone.utc)
+    def validate(self, msg: RawMessage, ingest_time: dt.datetime) -> tuple[dict | None, dict | None]:
+        """(audit row, None) or (None, dead letter); counts invalid codes and quality issues
+        (the caller counts received and valid, per element or per batch)."""
         now = msg.publish_time if self.check_time_bounds else None
         try:
             ev, ts = self.decode(msg.data, now)
@@ -93,7 +94,6 @@ class _ValidateFn(beam.DoFn):
             counter(f"{self.kind}_internal_error").inc()
             _log.exception("internal error validating message %s", msg.message_id)
             return None, self._dead(msg, "internal_error", "$", f"{type(exc).__name__}: {exc}", ingest_time)
-        counter(self.valid).inc()
         return row, None
 
     def _dead(self, msg: RawMessage, code: str, path: str, message: str, ingest_time: dt.datetime) -> dict:
@@ -118,13 +118,16 @@ class _ValidateBatchFn(_ValidateFn):
     """
 
     def process(self, batch: list[RawMessage]) -> Iterator[Any]:
+        ingest_time = dt.datetime.now(dt.timezone.utc)  # one processing-time stamp per batch
         rows = []
         for msg in batch:
-            row, dead = self.validate(msg)
+            row, dead = self.validate(msg, ingest_time)
             if dead is not None:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, dead)
             else:
                 rows.append(row)
+        counter(self.received).inc(len(batch))
+        counter(self.valid).inc(len(rows))
         if rows:
             yield rows
 
