@@ -1,7 +1,8 @@
 """Pipeline-side dedup: the first half of "one logical row per event".
 
 Streams: ``DedupByEventId`` remembers each key for a horizon (Beam state + an event-time
-timer). Replay (bounded): ``DedupBatches`` is exact over the whole input. Idempotent sink
+timer); on bounded per-row input, a GroupByKey. Replay: ``DuplicateKeys`` + ``DropLaterCopies``,
+exact over the whole input with only keys shuffled. Idempotent sink
 writes and the ``*_dedup`` views catch what the bounded state cannot (a re-send after the
 horizon).
 """
