@@ -132,6 +132,53 @@ def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
     return 0
 
 
+def cmd_reference_build(args: argparse.Namespace, out: IO[str]) -> int:
+    import glob as globlib
+
+    from transforms.monitors.reference import build_reference
+
+    specs = _load_specs(args.spec or str(DEFAULT_SPECS))
+    if args.model not in specs:
+        raise UsageError(f"no model spec named {args.model!r} (known: {sorted(specs)}); pass --spec")
+    spec = specs[args.model]
+    paths = sorted(globlib.glob(args.input)) if args.input != "-" else ["-"]
+    if not paths:
+        raise UsageError(f"--input {args.input!r} matches no file")
+    dec = Decoders(Limits())
+    versions: collections.Counter[str] = collections.Counter()
+    skipped = 0
+
+    def events():
+        nonlocal skipped
+        for path in paths:
+            for raw in _open_lines(path):
+                if not raw.strip():
+                    continue
+                try:
+                    ev, _ = dec.prediction(raw)
+                except EventValidationError:
+                    skipped += 1
+                    continue
+                if ev.model.name != args.model:
+                    continue
+                versions[ev.model.version] += 1
+                if args.version is None or ev.model.version == args.version:
+                    yield ev
+
+    version = args.version or "*"
+    try:
+        doc = build_reference(events(), spec, version, bins=args.bins, top_k=args.top_k)
+    except ValueError as exc:
+        raise UsageError(f"{exc} (versions seen: {dict(versions)})") from None
+    if args.version is None and len(versions) == 1:
+        doc["version"] = next(iter(versions))
+    pathlib.Path(args.out).write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    out.write(
+        f"wrote {args.out}: {doc['events']} events, {len(doc['signals'])} signals; skipped {skipped} invalid lines\n"
+    )
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace, out: IO[str]) -> int:
     from schemas.tables import render_ddl
 
@@ -199,6 +246,18 @@ def build_parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     r.set_defaults(func=cmd_replay)
+
+    ref = sub.add_parser("reference", help="reference distributions for the drift monitors")
+    refs = ref.add_subparsers(dest="reference_command", required=True)
+    rb = refs.add_parser("build", help="build a reference from JSONL prediction events")
+    rb.add_argument("--input", required=True, help="JSONL file glob (.gz accepted) or - for stdin")
+    rb.add_argument("--model", required=True)
+    rb.add_argument("--version", help="model version (default: all, which must be one version)")
+    rb.add_argument("--spec", help="model spec file or folder (default: the bundled specs)")
+    rb.add_argument("--bins", type=int, default=10)
+    rb.add_argument("--top-k", type=int, default=20)
+    rb.add_argument("--out", required=True)
+    rb.set_defaults(func=cmd_reference_build)
 
     d = sub.add_parser("demo", help="the local end-to-end demo")
     d.add_argument("--events", type=int, default=3000)

@@ -1,0 +1,1 @@
+"""Online monitors: drift statistics per event-time window, ADWIN, accuracy, latency, traffic."""

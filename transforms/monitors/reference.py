@@ -1,0 +1,76 @@
+"""Reference distributions per model version, from a sample of valid events (JSON file).
+
+Signals: every numeric and categorical feature of the spec, ``prediction.score``,
+``prediction.value``, ``prediction.label`` and ``latency_ms``. The monitors compare each
+event-time window against this; without a reference file they warm up on the first N
+valid events of the version.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from schemas.specs import ModelSpec
+from transforms.monitors.stats import Reference, categorical_reference, numeric_reference, reference_from_json
+
+FORMAT = "predaudit.reference/v1"
+
+
+def signal_values(ev: Any, spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
+    """(signal, kind, value) for one decoded PredictionEvent; missing values are skipped."""
+    features = ev.features
+    for f in spec.features:
+        v = features.get(f.name)
+        if v is None:
+            continue
+        if f.type == "numeric" and v.__class__ in (float, int):
+            yield f.name, "numeric", v
+        elif f.type == "categorical":
+            yield f.name, "categorical", v
+    pred = ev.prediction
+    if pred.score is not None:
+        yield "prediction.score", "numeric", pred.score
+    if pred.value is not None:
+        yield "prediction.value", "numeric", pred.value
+    if pred.label is not None:
+        yield "prediction.label", "categorical", str(pred.label)
+    if ev.latency_ms is not None:
+        yield "latency_ms", "numeric", ev.latency_ms
+
+
+def build_reference(
+    events: Iterable[Any], spec: ModelSpec, version: str, bins: int = 10, top_k: int = 20
+) -> dict:
+    values: dict[str, list] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    n = 0
+    for ev in events:
+        n += 1
+        for signal, kind, v in signal_values(ev, spec):
+            values[signal].append(v)
+            kinds[signal] = kind
+    if n == 0:
+        raise ValueError(
+            f"no valid events of model {spec.name!r} version {version!r} to build a reference from"
+        )
+    signals: dict[str, Reference] = {
+        s: numeric_reference(v, bins) if kinds[s] == "numeric" else categorical_reference(v, top_k)
+        for s, v in sorted(values.items())
+    }
+    return {
+        "format": FORMAT,
+        "model": spec.name,
+        "version": version,
+        "events": n,
+        "bins": bins,
+        "top_k": top_k,
+        "signals": {s: r.to_json() for s, r in signals.items()},
+    }
+
+
+def load_reference(doc: dict) -> dict[str, Reference]:
+    if doc.get("format") != FORMAT:
+        raise ValueError(f"not a {FORMAT} document (format={doc.get('format')!r})")
+    return {s: reference_from_json(r) for s, r in doc["signals"].items()}
