@@ -14,10 +14,11 @@ import orjson
 from apache_beam.io.gcp.pubsub import PubsubMessage, ReadFromPubSub, WriteToPubSub
 from apache_beam.options.pipeline_options import StandardOptions
 
-from pipelines.common import patch_direct_runner_pubsub, sink_fns, specs_from
+from pipelines.common import monitors, patch_direct_runner_pubsub, publish_anomalies, sink_fns, specs_from
 from pipelines.options import AuditOptions, OptionsError, validate
 from transforms.deadletters import RawMessage
 from transforms.dedup import DedupByEventId
+from transforms.monitors.drift import anomaly_row
 from transforms.sinks.write import WriteAudit
 from transforms.validate import DEAD_LETTERS, ValidateEvents
 
@@ -67,6 +68,12 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         )
         dead.append(labels[DEAD_LETTERS])
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
+    mon = monitors(out["predictions"], opts, specs)
+    if mon:
+        out["drift_metrics"] = mon["drift_metrics"]
+        out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)
+        if opts.anomaly_topic:
+            publish_anomalies(mon["anomalies"], opts.anomaly_topic)
     all_dead = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks), opts.sink_batch_size)
     if opts.dead_letter_topic:
         _ = (

@@ -23,6 +23,38 @@ def specs_from(opts) -> dict[str, ModelSpec]:
     return load_specs(opts.model_specs) if opts.model_specs else {}
 
 
+def monitors(rows, opts, specs: dict[str, ModelSpec], label: str = "Monitor") -> dict:
+    """Drift monitor outputs ({} when no model has a reference), ready for WriteAudit.
+
+    ``rows`` is a PCollection, several, or a zero-argument callable returning them (so that
+    no branch is built at all when nothing is monitored).
+    """
+    from transforms.monitors.drift import MonitorDrift
+    from transforms.monitors.reference import model_references
+
+    refs = model_references(specs, opts.references)
+    if not refs:
+        return {}
+    if callable(rows):
+        rows = rows()
+    return rows | label >> MonitorDrift(refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s)
+
+
+def publish_anomalies(anomalies, topic: str) -> None:
+    """CloudEvents to the anomaly topic, with model/version/severity/type attributes for filters."""
+    import apache_beam as beam
+    import orjson
+    from apache_beam.io.gcp.pubsub import PubsubMessage, WriteToPubSub
+
+    from transforms.monitors.alerts import pubsub_attributes
+
+    _ = (
+        anomalies
+        | "AnomaliesToMessages" >> beam.Map(lambda ev: PubsubMessage(orjson.dumps(ev), pubsub_attributes(ev)))
+        | "PublishAnomalies" >> WriteToPubSub(topic, with_attributes=True)
+    )
+
+
 class _ShortPollSubscriber:
     """Proxy over a SubscriberClient whose ``pull`` returns at once (sleeping briefly when empty)."""
 

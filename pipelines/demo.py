@@ -89,6 +89,7 @@ def stream_end_to_end(
     project: str = PROJECT,
     dataset: str = "audit",
     seed: int = 42,
+    window_s: int = 60,
 ) -> dict:
     """Provision, run the streaming pipeline in this process, publish, wait, report.
 
@@ -107,8 +108,13 @@ def stream_end_to_end(
     provision_pubsub(names)
     provision_bigquery(project, dataset, bq_endpoint)
     ch = provision_clickhouse(clickhouse_dsn, dataset)
+    refs = pathlib.Path(tempfile.mkdtemp(prefix="predaudit-refs-"))
+    _write_reference(refs / "fraud.json")
     opts = streaming_options(
         [
+            f"--references={refs}",
+            f"--monitor_window_s={window_s}",
+            f"--anomaly_topic={names.topic(names.anomalies_topic)}",
             f"--predictions_subscription={names.subscription(names.predictions_subscription)}",
             f"--labels_subscription={names.subscription(names.labels_subscription)}",
             f"--dead_letter_topic={names.topic(names.dead_letters_topic)}",
@@ -126,12 +132,24 @@ def stream_end_to_end(
     build(p, opts)
     result = p.run()
     try:
-        return _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed)
+        return _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed, window_s)
     finally:
         result.cancel()
 
 
-def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed) -> dict:
+def _write_reference(path: pathlib.Path) -> None:
+    """The demo model's reference: 5,000 clean simulated events (``predaudit reference build``)."""
+    import orjson
+
+    from transforms.monitors.reference import build_reference
+
+    spec = load_specs(SPECS)["fraud"]
+    dec = Decoders()
+    events = (dec.prediction(ln.raw)[0] for ln in Simulator(spec, SimConfig(events=5000, seed=1)).lines())
+    path.write_bytes(orjson.dumps(build_reference(events, spec, spec.versions[0])))
+
+
+def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed, window_s) -> dict:
     # a live stream: event times are "now" (a demo driver may read the clock; transforms never do)
     start = dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
     cfg = SimConfig(
@@ -143,6 +161,10 @@ def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed)
         duplicate_fraction=0.03,
         label_fraction=0.3,
         quality_fraction=0.02,
+        # the second half drifts: "amount" shifts by one standard deviation
+        drift_at=events // 2,
+        drift_feature="amount",
+        drift_shift=1.0,
     )
     lines = list(Simulator(load_specs(SPECS)["fraud"], cfg).lines())
     kinds = collections.Counter(ln.kind for ln in lines)
@@ -161,13 +183,18 @@ def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed)
     def count(table: str) -> int:
         return int(ch.command(f"SELECT count() FROM `{dataset}`.{table}"))
 
+    drift_from = start + dt.timedelta(seconds=(events // 2) / cfg.rate_per_s)
+
     def progress() -> tuple[bool, str]:
-        got = {t: count(t) for t in ("predictions", "dead_letters", "labels")}
+        got = {t: count(t) for t in ("predictions", "dead_letters", "labels", "anomalies")}
         done = got["predictions"] >= unique and got["dead_letters"] >= bad and got["labels"] >= len(labels)
-        return (
-            done,
-            f"{got['predictions']}/{unique} rows, {got['dead_letters']}/{bad} dead letters, {got['labels']}/{len(labels)} labels",
+        if events >= 2000:  # enough events per window for the monitors: wait for the drift alert too
+            done = done and got["anomalies"] > 0
+        text = (
+            f"{got['predictions']}/{unique} rows, {got['dead_letters']}/{bad} dead letters, "
+            f"{got['labels']}/{len(labels)} labels, {got['anomalies']} anomalies"
         )
+        return done, text
 
     wait_for(progress, timeout, out, "the pipeline")
     elapsed = time.monotonic() - t0
@@ -192,6 +219,17 @@ def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed)
         "seconds": elapsed,
     }
     summary["duplicates_collapsed"] = sent - bad - summary["clickhouse_rows"]
+    summary["anomalies"] = ch.query(
+        f"SELECT signal, severity, round(statistic, 3), window_start FROM `{dataset}`.anomalies FINAL ORDER BY window_start, signal"
+    ).result_rows
+    summary["windows"] = int(ch.command(f"SELECT uniqExact(window_start) FROM `{dataset}`.drift_metrics"))
+    summary["anomalies"] = [
+        (sig, sev, stat, w if w.tzinfo else w.replace(tzinfo=dt.timezone.utc))
+        for sig, sev, stat, w in summary["anomalies"]
+    ]
+    summary["clean_window_alerts"] = sum(
+        1 for a in summary["anomalies"] if a[3] + dt.timedelta(seconds=window_s) <= drift_from
+    )
     summary["conserved"] = (
         summary["bigquery_rows"] == summary["clickhouse_rows"] == unique
         and sum(summary["dead_letters"].values()) == bad
@@ -209,6 +247,12 @@ def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed)
     say(f"  {'dead letters':<26}{sum(summary['dead_letters'].values())}\n")
     for code, n in sorted(summary["dead_letters"].items(), key=lambda kv: -kv[1]):
         say(f"    {code:<24}{n}\n")
+    say(
+        f"  drift windows computed      {summary['windows']} (window {window_s}s; 'amount' shifted by 1 sd from {drift_from:%H:%M:%S})\n"
+    )
+    for signal, sev, stat, wstart in summary["anomalies"]:
+        say(f"    anomaly: {signal:<18}{sev:<10}PSI {stat:<8}window {wstart:%H:%M:%S}\n")
+    say(f"  alerts on clean windows     {summary['clean_window_alerts']}\n")
     say(f"  processed in {elapsed:.1f}s ({sent / elapsed:.0f} events/s on the DirectRunner)\n")
     say(
         "conservation: events in = audit rows + dead letters + duplicates: "

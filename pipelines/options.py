@@ -44,6 +44,23 @@ class AuditOptions(PipelineOptions):
         a("--sink_batch_size", type=int, default=5000, help="max rows per sink write")
         a("--sink_max_attempts", type=int, default=6, help="tries per batch on transient sink errors")
         a(
+            "--references",
+            default="",
+            help="folder of <model>.json drift references (predaudit reference build)",
+        )
+        a(
+            "--monitor_window_s",
+            type=int,
+            default=300,
+            help="event-time window of the drift monitors (seconds)",
+        )
+        a(
+            "--monitor_allowed_lateness_s",
+            type=int,
+            default=600,
+            help="late rows within this re-fire a window",
+        )
+        a(
             "--timestamp_attribute",
             default="event_time",
             help="Pub/Sub attribute with the event time (RFC 3339 or epoch ms); empty = publish time",
@@ -80,6 +97,14 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         and not opts.model_specs.startswith("gs://")
     ):
         raise OptionsError(f"--model_specs={opts.model_specs!r}: no such file or folder")
+    if (
+        opts.references
+        and not pathlib.Path(opts.references).is_dir()
+        and not opts.references.startswith("gs://")
+    ):
+        raise OptionsError(f"--references={opts.references!r}: no such folder")
+    if opts.monitor_window_s <= 0 or opts.monitor_allowed_lateness_s < 0:
+        raise OptionsError("--monitor_window_s must be > 0 and --monitor_allowed_lateness_s >= 0")
     if opts.dedup_horizon_s <= 0 or opts.sink_batch_size <= 0 or opts.sink_max_attempts <= 0:
         raise OptionsError("--dedup_horizon_s, --sink_batch_size and --sink_max_attempts must be > 0")
     if mode == "streaming":

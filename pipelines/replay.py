@@ -14,11 +14,12 @@ import apache_beam as beam
 import msgspec
 from apache_beam.io import fileio
 
-from pipelines.common import sink_fns, specs_from
+from pipelines.common import monitors, publish_anomalies, sink_fns, specs_from
 from pipelines.options import AuditOptions, OptionsError, validate
 from transforms.deadletters import RawMessage
 from transforms.dedup import DropLaterCopies, DuplicateKeys
 from transforms.metrics import counter
+from transforms.monitors.drift import anomaly_row
 from transforms.sinks.write import WriteAudit
 from transforms.validate import DEAD_LETTERS, ValidateEvents
 
@@ -137,6 +138,14 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         )
         dead.append(labels[DEAD_LETTERS])
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
+    # per row at event time, for the event-time windows (only when a model has a reference)
+    # row batches go to the monitors as they are: each batch is binned per event-time window
+    mon = monitors((out["predictions"], out["predictions/duplicates"]), opts, specs)
+    if mon:
+        out["drift_metrics"] = mon["drift_metrics"]
+        out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)
+        if opts.anomaly_topic:
+            publish_anomalies(mon["anomalies"], opts.anomaly_topic)
     out["all_dead_letters"] = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks), opts.sink_batch_size)
     return out
 

@@ -26,7 +26,7 @@ def trivial(path: str) -> int:
     return 0
 
 
-def replay(path: str, specs: str) -> int:
+def replay(path: str, specs: str, references: str = "") -> int:
     chdb = tempfile.mkdtemp(prefix="bench-chdb-")
     import clickhouse_connect
 
@@ -34,7 +34,8 @@ def replay(path: str, specs: str) -> int:
 
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb}")
     create_clickhouse_tables(client, "audit")
-    opts = AuditOptions([f"--input={path}", f"--clickhouse_dsn=chdb://{chdb}", f"--model_specs={specs}"])
+    args = [f"--input={path}", f"--clickhouse_dsn=chdb://{chdb}", f"--model_specs={specs}"]
+    opts = AuditOptions(args + ([f"--references={references}"] if references else []))
     with beam.Pipeline(options=opts) as p:
         build(p, opts)
     return int(client.command("SELECT count() FROM audit.predictions"))
@@ -42,12 +43,16 @@ def replay(path: str, specs: str) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("mode", choices=["trivial", "replay"])
+    ap.add_argument("mode", choices=["trivial", "replay", "monitors"])
+    ap.add_argument("--references", default="")
     ap.add_argument("--input", required=True)
     ap.add_argument("--specs", default="")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rows = trivial(args.input) if args.mode == "trivial" else replay(args.input, args.specs)
+    if args.mode == "trivial":
+        rows = trivial(args.input)
+    else:
+        rows = replay(args.input, args.specs, args.references if args.mode == "monitors" else "")
     secs = time.perf_counter() - t0
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(orjson.dumps({"mode": args.mode, "seconds": secs, "rows": rows, "peak_rss_mb": peak_mb}).decode())

@@ -68,51 +68,62 @@ def bench_decode(n: int = 100_000) -> None:
 
 
 def bench_replay(n: int) -> None:
-    """Replay pipeline into chDB vs a trivial Beam pipeline over the same file (same run)."""
+    """Replay into chDB (monitors off and on) vs a trivial Beam pipeline over the same file."""
     import json
+    import os
     import subprocess
     import sys
     import tempfile
 
+    import orjson
+
     from schemas.simulate import SimConfig, Simulator
     from schemas.specs import load_specs
+    from transforms.monitors.reference import build_reference
 
-    specs = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "models"
+    specs_dir = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "models"
+    spec = load_specs(specs_dir)["fraud"]
+    res = {}
     with tempfile.TemporaryDirectory() as tmp:
-        path = pathlib.Path(tmp) / "events.jsonl"
+        path, refs = pathlib.Path(tmp) / "events.jsonl", pathlib.Path(tmp) / "refs"
         with path.open("wb") as fh:
-            for line in Simulator(load_specs(specs)["fraud"], SimConfig(events=n, seed=1)).lines():
+            for line in Simulator(spec, SimConfig(events=n, seed=1)).lines():
                 fh.write(line.raw + b"\n")
         size = path.stat().st_size
-        env = {**__import__("os").environ, "PREDAUDIT_PII_KEY": "bench-key-0123456789abcdef"}
-        res = {}
-        for mode in ("trivial", "replay"):
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "tests.bench.replay_bench",
-                    mode,
-                    f"--input={path}",
-                    f"--specs={specs}",
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env=env,
-            )
+        refs.mkdir()
+        dec = Decoders()
+        sample = (dec.prediction(ln.raw)[0] for ln in Simulator(spec, SimConfig(events=5000, seed=2)).lines())
+        (refs / "fraud.json").write_bytes(orjson.dumps(build_reference(sample, spec, spec.versions[0])))
+        env = {**os.environ, "PREDAUDIT_PII_KEY": "bench-key-0123456789abcdef"}
+        for mode in ("trivial", "replay", "monitors"):
+            cmd = [
+                sys.executable,
+                "-m",
+                "tests.bench.replay_bench",
+                mode,
+                f"--input={path}",
+                f"--specs={specs_dir}",
+                f"--references={refs}",
+            ]
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=True, env=env)
             res[mode] = json.loads(proc.stdout.strip().splitlines()[-1])
     print(f"\nreplay, {n:,} simulated events ({size / 1e6:.0f} MB), DirectRunner, 1 process")
-    print(f"{'pipeline':<52}{'events/s':>12}{'seconds':>10}{'peak MB':>10}")
+    print(f"{'pipeline':<56}{'events/s':>12}{'seconds':>10}{'peak MB':>10}")
     for mode, label in (
         ("trivial", "baseline: read + orjson.loads + count"),
         ("replay", "replay: validate+dedup+rows -> chDB (+dead letters)"),
+        ("monitors", "replay + drift monitors (PSI/JS/Linf per 300 s window)"),
     ):
         r = res[mode]
-        print(f"{label:<52}{n / r['seconds']:>12,.0f}{r['seconds']:>10.1f}{r['peak_rss_mb']:>10.0f}")
-    assert res["replay"]["rows"] == n, res  # a benchmark that loses rows measures nothing
-    ratio = res["trivial"]["seconds"] / res["replay"]["seconds"]
-    print(f"ratio replay / baseline = {ratio:.2f}  (target >= 0.3, goal >= 0.5)")
+        print(f"{label:<56}{n / r['seconds']:>12,.0f}{r['seconds']:>10.1f}{r['peak_rss_mb']:>10.0f}")
+    for mode in ("replay", "monitors"):
+        assert res[mode]["rows"] == n, res  # a benchmark that loses rows measures nothing
+    print(
+        f"ratio replay / baseline = {res['trivial']['seconds'] / res['replay']['seconds']:.2f}  (target >= 0.3, goal >= 0.5)"
+    )
+    print(
+        f"ratio monitors on / off = {res['replay']['seconds'] / res['monitors']['seconds']:.2f}  (target >= 0.5)"
+    )
 
 
 def main() -> None:

@@ -33,3 +33,5 @@ def test_publish_pipeline_both_sinks_conservation(
     assert s["duplicates_collapsed"] == s["published"] - s["malformed"] - s["distinct"] > 0
     assert sum(s["dead_letters"].values()) == s["malformed"] > 0
     assert s["quality_rows"] > 0 and s["labels"] > 0
+    assert s["windows"] >= 2  # the drift monitors fired on the stream's event-time windows
+    assert s["clean_window_alerts"] == 0

@@ -8,9 +8,12 @@ valid events of the version.
 
 from __future__ import annotations
 
+import pathlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
+
+import orjson
 
 from schemas.specs import ModelSpec
 from transforms.monitors.stats import Reference, categorical_reference, numeric_reference, reference_from_json
@@ -74,3 +77,29 @@ def load_reference(doc: dict) -> dict[str, Reference]:
     if doc.get("format") != FORMAT:
         raise ValueError(f"not a {FORMAT} document (format={doc.get('format')!r})")
     return {s: reference_from_json(r) for s, r in doc["signals"].items()}
+
+
+def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -> dict[str, Any]:
+    """The reference per model: ``<references_dir>/<model>.json`` or the spec's ``monitors.reference``.
+
+    Models without a reference are not drift-monitored (a warm-up baseline is not built yet).
+    """
+    from transforms.monitors.drift import DriftSettings, ModelReference
+
+    out = {}
+    for name, spec in specs.items():
+        candidates = [pathlib.Path(references_dir) / f"{name}.json"] if references_dir else []
+        if spec.monitors.reference:
+            candidates.append(pathlib.Path(spec.monitors.reference))
+        path = next((c for c in candidates if c.is_file()), None)
+        if path is None:
+            continue
+        doc = orjson.loads(path.read_bytes())
+        if doc.get("model") != name:
+            raise ValueError(f"{path}: reference is for model {doc.get('model')!r}, not {name!r}")
+        m = spec.monitors
+        settings = DriftSettings(
+            m.min_sample_size, m.psi.epsilon, m.psi.warning, m.psi.critical, float(m.cooldown_seconds)
+        )
+        out[name] = ModelReference(name, doc["version"], load_reference(doc), settings)
+    return out

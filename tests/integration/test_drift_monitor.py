@@ -1,0 +1,111 @@
+"""Drift monitors in the replay pipeline: a stationary stream stays quiet, an injected
+shift on one feature is caught in event-time windows and emitted as CloudEvents."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import pathlib
+
+import apache_beam as beam
+import pytest
+
+from pipelines.cli import main
+from pipelines.options import AuditOptions
+from pipelines.replay import build
+from schemas.tables import create_clickhouse_tables
+
+SPECS = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "models"
+
+
+@pytest.fixture(autouse=True)
+def pii_key(monkeypatch) -> None:
+    monkeypatch.setenv("PREDAUDIT_PII_KEY", "integration-test-key-0123456789")
+
+
+def test_injected_drift_is_caught_and_the_clean_part_is_silent(
+    tmp_path, chdb_path, chdb_client, ch_database
+) -> None:
+    create_clickhouse_tables(chdb_client, ch_database)
+    out = io.StringIO()
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    base, stream = tmp_path / "base.jsonl", tmp_path / "stream.jsonl"
+    # 50 events/s of event time: a 300 s window holds 15,000 events; the shift starts in window 4
+    assert main(["simulate", "--events", "5000", "--seed", "1", "--out", str(base)], out) == 0
+    assert (
+        main(
+            [
+                "reference",
+                "build",
+                "--input",
+                str(base),
+                "--model",
+                "fraud",
+                "--out",
+                str(refs / "fraud.json"),
+            ],
+            out,
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "simulate",
+                "--events",
+                "60000",
+                "--seed",
+                "9",
+                "--drift-at",
+                "45000",
+                "--drift-feature",
+                "amount",
+                "--drift-shift",
+                "0.5",
+                "--out",
+                str(stream),
+            ],
+            out,
+        )
+        == 0
+    )
+    opts = AuditOptions(
+        [
+            f"--input={stream}",
+            f"--clickhouse_dsn=chdb://{chdb_path}",
+            f"--clickhouse_database={ch_database}",
+            f"--model_specs={SPECS}",
+            f"--references={refs}",
+            "--monitor_window_s=300",
+        ]
+    )
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts)
+    metrics = chdb_client.query(
+        f"SELECT signal, toUnixTimestamp(window_start), value, status FROM `{ch_database}`.drift_metrics FINAL WHERE metric = 'psi'"
+    ).result_rows
+    start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
+    windows = sorted({w for _, w, _, _ in metrics})
+    assert windows == [start + 300 * i for i in range(4)]
+    by = {(s, w): (v, st) for s, w, v, st in metrics}
+    for w in windows[:3]:  # clean: every signal ok
+        assert all(st == "ok" for (s, ww), (_, st) in by.items() if ww == w), [
+            (s, v) for (s, ww), (v, _) in by.items() if ww == w and v > 0.1
+        ]
+    assert by[("amount", windows[3])][1] in (
+        "warning",
+        "critical",
+    )  # 0.5 sd shift caught in the first drifted window
+    assert all(
+        st == "ok"
+        for (s, w), (_, st) in by.items()
+        if w == windows[3] and s not in ("amount", "prediction.score", "prediction.label")
+    )
+    anomalies = chdb_client.query(
+        f"SELECT signal, severity, type, cloudevent FROM `{ch_database}`.anomalies"
+    ).result_rows
+    assert {(s, t) for s, _, t, _ in anomalies} >= {("amount", "predaudit.anomaly.feature_drift")}
+    assert all(json.loads(ce)["specversion"] == "1.0" for *_, ce in anomalies)
+    assert not any(s in ("hour_of_day", "country", "latency_ms") for s, *_ in anomalies)

@@ -1,0 +1,347 @@
+"""MonitorDrift: per event-time window PSI / JS / L-inf of every signal against its reference.
+
+Per row the work is stateless (find each signal's bin); counts are combined per
+(model, version) and fixed event-time window, so no per-element state is touched.
+Windows fire when the watermark passes their end, and again (at most every 5 s of
+processing time) while late rows within the allowed lateness arrive: accumulating, so a
+re-fired window's statistics replace the earlier ones (same ``metric_id``). Rows later than
+the allowed lateness are still audited but dropped from the monitors by Beam. Every statistic becomes a ``drift_metrics`` row, breaches or not; windows
+below the minimum sample size are recorded as ``insufficient`` and never alerted on. PSI
+drives alerts through a per-series severity/cooldown state (``alerts.AlertState``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import datetime as dt
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+import orjson
+from apache_beam.coders import PickleCoder
+from apache_beam.transforms import trigger, window
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.window import TimestampedValue
+
+from transforms.metrics import counter
+from transforms.monitors.alerts import AlertState, anomaly_event, severity
+from transforms.monitors.stats import (
+    NumericReference,
+    Reference,
+    js_distance,
+    linf_distance,
+    psi,
+)
+from transforms.rows import from_micros, to_micros
+
+ANOMALIES, DRIFT_METRICS = "anomalies", "drift_metrics"
+LATE_FIRING_DELAY_S = 5
+
+
+@dataclasses.dataclass(frozen=True)
+class DriftSettings:
+    """Per-model thresholds (from the model spec's ``monitors`` section)."""
+
+    min_sample_size: int = 500
+    epsilon: float = 1e-4
+    warning: float = 0.1
+    critical: float = 0.25
+    cooldown_s: float = 3600.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelReference:
+    """A model's reference signals, for one version or (``version='*'``) all of them."""
+
+    model: str
+    version: str
+    signals: Mapping[str, Reference]
+    settings: DriftSettings
+
+    def applies_to(self, version: str) -> bool:
+        return self.version in ("*", version)
+
+
+def signal_bins(row: Mapping[str, Any], ref: ModelReference) -> dict[str, int]:
+    """Each referenced signal's bin index for one audit row (missing signals are skipped).
+
+    >>> from transforms.monitors.stats import CategoricalReference
+    >>> ref = ModelReference("m", "*", {"a": NumericReference((1.0,), (0.5, 0.5), 2),
+    ...                                 "prediction.label": CategoricalReference(("x",), (1.0, 0.0), 1)},
+    ...                      DriftSettings())
+    >>> signal_bins({"features": '{"a": 3.0}', "prediction_label": "y"}, ref)
+    {'a': 1, 'prediction.label': 1}
+    """
+    features = orjson.loads(row["features"])
+    out: dict[str, int] = {}
+    for signal, r in ref.signals.items():
+        if signal == "prediction.score":
+            v = row.get("prediction_score")
+        elif signal == "prediction.value":
+            v = row.get("prediction_value")
+        elif signal == "prediction.label":
+            v = row.get("prediction_label")
+        elif signal == "latency_ms":
+            v = row.get("latency_ms")
+        else:
+            v = features.get(signal)
+        if v is None:
+            continue
+        if isinstance(r, NumericReference):
+            if v.__class__ in (float, int):
+                out[signal] = bisect.bisect_left(r.edges, v)
+        else:
+            cats = r.categories
+            key = v if isinstance(v, str) else str(v)
+            out[signal] = cats.index(key) if key in cats else len(cats)
+    return out
+
+
+class _BinFn(beam.DoFn):
+    """A row, or a batch of rows, -> partial counts per (model, version) and window.
+
+    A batch is pre-aggregated here, so the monitors pay Beam's per-element cost once per
+    window per batch; each partial is stamped with an event time inside its window.
+    """
+
+    def __init__(self, references: Mapping[str, ModelReference], window_s: int) -> None:
+        self.references, self.window_us = dict(references), window_s * 1_000_000
+
+    def process(self, element) -> Iterator[Any]:
+        batch = isinstance(element, list)
+        partial: dict[tuple, list] = {}
+        for row in element if batch else (element,):
+            ref = self.references.get(row["model_name"])
+            if ref is None or not ref.applies_to(row["model_version"]):
+                counter("monitor_rows_without_reference").inc()
+                continue
+            t = row["event_time"]
+            acc = partial.setdefault(
+                ((row["model_name"], row["model_version"]), t // self.window_us), [0, {}, t]
+            )
+            acc[0] += 1
+            acc[2] = max(acc[2], t)
+            counts = acc[1]
+            for signal, b in signal_bins(row, ref).items():
+                per = counts.setdefault(signal, {})
+                per[b] = per.get(b, 0) + 1
+        for (key, _), (n, counts, t) in partial.items():
+            value = (key, (n, counts))
+            yield TimestampedValue(value, t / 1e6) if batch else value
+
+
+class _SumBins(beam.CombineFn):
+    """Merges partial counts: (events, {signal: {bin: count}})."""
+
+    def create_accumulator(self) -> tuple[int, dict[str, dict[int, int]]]:
+        return 0, {}
+
+    def add_input(self, acc, partial):
+        return self.merge_accumulators([acc, partial])
+
+    def merge_accumulators(self, accs):
+        n, out = 0, {}
+        for m, counts in accs:
+            n += m
+            for signal, per in counts.items():
+                dst = out.setdefault(signal, {})
+                for b, c in per.items():
+                    dst[b] = dst.get(b, 0) + c
+        return n, out
+
+    def extract_output(self, acc):
+        return acc
+
+
+def _utc(ts) -> dt.datetime:
+    return from_micros(int(ts.micros))
+
+
+def window_metrics(
+    model: str,
+    version: str,
+    n: int,
+    counts: Mapping[str, Mapping[int, int]],
+    ref: ModelReference,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> Iterator[tuple[dict, tuple | None]]:
+    """(drift_metrics row, breach or None) for every signal and statistic of one window."""
+    s = ref.settings
+    for signal, r in sorted(ref.signals.items()):
+        per = counts.get(signal, {})
+        arr = np.zeros(len(r.expected), dtype=np.int64)
+        for b, c in per.items():
+            arr[b] += c
+        size = int(arr.sum())
+        enough = size >= s.min_sample_size
+        for metric, value in (
+            ("psi", psi(r.expected, arr, s.epsilon) if size else None),
+            ("js_distance", js_distance(r.expected, arr) if size else None),
+            ("linf_distance", linf_distance(r.expected, arr) if size else None),
+        ):
+            level = (
+                severity(value, s.warning, s.critical)
+                if (enough and metric == "psi" and value is not None)
+                else None
+            )
+            status = "insufficient" if not enough else (level or "ok")
+            key = f"{model}\x00{version}\x00{signal}\x00{metric}\x00{start.isoformat()}"
+            row = {
+                "metric_id": hashlib.sha256(key.encode()).hexdigest(),
+                "model_name": model,
+                "model_version": version,
+                "signal": signal,
+                "metric": metric,
+                "value": value,
+                "window_start": to_micros(start),
+                "window_end": to_micros(end),
+                "sample_size": size,
+                "status": status,
+                "epsilon": s.epsilon if metric == "psi" else None,
+                "bins": len(r.expected),
+                "reference_id": f"{ref.model}@{ref.version}",
+            }
+            breach = None
+            if metric == "psi" and enough:
+                current = (arr / size).round(6).tolist()
+                breach = (
+                    level,
+                    value,
+                    s.critical if level == "critical" else s.warning,
+                    {"expected": list(r.expected)},
+                    {"proportions": current},
+                )
+            yield row, breach
+
+
+class _WindowStatsFn(beam.DoFn):
+    def __init__(self, references: Mapping[str, ModelReference]) -> None:
+        self.references = dict(references)
+
+    def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
+        (model, version), (n, counts) = element
+        ref = self.references[model]
+        start, end = _utc(win.start), _utc(win.end)
+        counter("monitor_windows").inc()
+        for row, breach in window_metrics(model, version, n, counts, ref, start, end):
+            yield beam.pvalue.TaggedOutput(DRIFT_METRICS, row)
+            if breach is not None:
+                yield (
+                    f"{model}\x00{version}\x00{row['signal']}\x00psi",
+                    (breach, start, end, row["sample_size"]),
+                )
+
+
+class _AlertFn(beam.DoFn):
+    """Per series: severity with cooldown; emits CloudEvents (warning / critical / resolved)."""
+
+    STATE = ReadModifyWriteStateSpec("alert", PickleCoder())
+
+    def __init__(self, references: Mapping[str, ModelReference]) -> None:
+        self.references = dict(references)
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)) -> Iterator[dict]:
+        series, ((level, value, threshold, ref_summary, cur_summary), start, end, size) = element
+        model, version, signal, detector = series.split("\x00")
+        st: AlertState = state.read() or AlertState()
+        cooldown = dt.timedelta(seconds=self.references[model].settings.cooldown_s)
+        emit = st.update(level, end, cooldown)
+        state.write(st)
+        if emit is None:
+            return
+        counter(f"anomalies_{emit}").inc()
+        yield anomaly_event(
+            model=model,
+            version=version,
+            signal=signal,
+            detector=detector,
+            statistic=value,
+            threshold=threshold,
+            severity=emit,
+            window_start=start,
+            window_end=end,
+            sample_size=size,
+            reference=ref_summary,
+            current=cur_summary,
+        )
+
+
+def anomaly_row(event: dict) -> dict:
+    """The ``anomalies`` table row for a CloudEvent."""
+    d = event["data"]
+
+    def micros(text: str) -> int:
+        return to_micros(dt.datetime.fromisoformat(text))
+
+    return {
+        "anomaly_id": event["id"],
+        "time": micros(event["time"]),
+        "type": event["type"],
+        "source": event["source"],
+        "subject": event["subject"],
+        "model_name": d["model"],
+        "model_version": d["version"],
+        "signal": d["signal"],
+        "detector": d["detector"],
+        "statistic": d["statistic"],
+        "threshold": d["threshold"],
+        "severity": d["severity"],
+        "window_start": micros(d["window_start"]),
+        "window_end": micros(d["window_end"]),
+        "sample_size": d["sample_size"],
+        "reference": orjson.dumps(d["reference"]).decode(),
+        "current": orjson.dumps(d["current"]).decode(),
+        "cloudevent": orjson.dumps(event).decode(),
+    }
+
+
+class MonitorDrift(beam.PTransform):
+    """Audit rows (event-time stamped) or row batches -> {"drift_metrics": rows, "anomalies": CloudEvents}."""
+
+    def __init__(
+        self, references: Mapping[str, ModelReference], window_s: int = 300, allowed_lateness_s: int = 600
+    ) -> None:
+        super().__init__()
+        if window_s <= 0 or allowed_lateness_s < 0:
+            raise ValueError("monitor window must be > 0 s and allowed lateness >= 0 s")
+        self.references, self.window_s, self.allowed_lateness_s = (
+            dict(references),
+            window_s,
+            allowed_lateness_s,
+        )
+
+    def expand(self, rows) -> dict[str, beam.PCollection]:
+        """``rows``: a PCollection of rows, or several (each is binned before they meet, so a
+        Flatten never forces full rows to be materialized between stages)."""
+        parts = rows if isinstance(rows, tuple | list) else (rows,)
+        binned = [
+            pc | f"Bin{i}" >> beam.ParDo(_BinFn(self.references, self.window_s)) for i, pc in enumerate(parts)
+        ]
+        if len(binned) > 1:
+            binned = [binned | "AllBinned" >> beam.Flatten()]
+        windowed = (
+            binned[0]
+            | "Window"
+            >> beam.WindowInto(
+                window.FixedWindows(self.window_s),
+                # late rows re-fire the window at most every LATE_FIRING_DELAY_S (accumulating)
+                trigger=trigger.AfterWatermark(late=trigger.AfterProcessingTime(LATE_FIRING_DELAY_S)),
+                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+                allowed_lateness=self.allowed_lateness_s,
+            )
+            | "Count" >> beam.CombinePerKey(_SumBins())
+        )
+        stats = windowed | "Stats" >> beam.ParDo(_WindowStatsFn(self.references)).with_outputs(
+            DRIFT_METRICS, main="breaches"
+        )
+        anomalies = (
+            stats.breaches
+            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
+            | "Alert" >> beam.ParDo(_AlertFn(self.references))
+        )
+        return {DRIFT_METRICS: stats[DRIFT_METRICS], ANOMALIES: anomalies}
