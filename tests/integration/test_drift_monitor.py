@@ -9,7 +9,6 @@ import json
 import pathlib
 
 import apache_beam as beam
-import pytest
 
 from pipelines.cli import main
 from pipelines.options import AuditOptions
@@ -17,11 +16,6 @@ from pipelines.replay import build
 from schemas.tables import create_clickhouse_tables
 
 SPECS = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "models"
-
-
-@pytest.fixture(autouse=True)
-def pii_key(monkeypatch) -> None:
-    monkeypatch.setenv("PREDAUDIT_PII_KEY", "integration-test-key-0123456789")
 
 
 def test_injected_drift_is_caught_and_the_clean_part_is_silent(

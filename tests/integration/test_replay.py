@@ -38,11 +38,6 @@ def ch_count(client, db: str, sql: str) -> int:
     return int(client.command(sql.format(db=f"`{db}`")))
 
 
-@pytest.fixture(autouse=True)
-def pii_key(monkeypatch) -> None:
-    monkeypatch.setenv("PREDAUDIT_PII_KEY", "integration-test-key-0123456789")
-
-
 def test_replay_conserves_every_event_in_both_sinks(
     tmp_path, chdb_path, chdb_client, ch_database, bq_client, bq_dataset
 ) -> None:

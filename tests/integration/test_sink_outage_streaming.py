@@ -11,7 +11,6 @@ import datetime as dt
 import os
 
 import apache_beam as beam
-import pytest
 
 from pipelines import localstack
 from pipelines.audit_pipeline import build, streaming_options
@@ -22,11 +21,6 @@ from schemas.simulate import SimConfig, Simulator
 from schemas.specs import load_specs
 from tests.conftest import BQ_PROJECT
 from transforms.sinks.bigquery import bigquery_client
-
-
-@pytest.fixture(autouse=True)
-def pii_key(monkeypatch) -> None:
-    monkeypatch.setenv("PREDAUDIT_PII_KEY", "integration-test-key-0123456789")
 
 
 def test_bigquery_outage_mid_stream(pubsub_emulator, chdb_path, tmp_path, monkeypatch) -> None:

@@ -2,15 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from pipelines.demo import stream_end_to_end
 from tests.conftest import BQ_PROJECT
-
-
-@pytest.fixture(autouse=True)
-def pii_key(monkeypatch) -> None:
-    monkeypatch.setenv("PREDAUDIT_PII_KEY", "integration-test-key-0123456789")
 
 
 def test_publish_pipeline_both_sinks_conservation(
