@@ -23,21 +23,27 @@ def specs_from(opts) -> dict[str, ModelSpec]:
     return load_specs(opts.model_specs) if opts.model_specs else {}
 
 
-def monitors(rows, opts, specs: dict[str, ModelSpec], label: str = "Monitor") -> dict:
-    """Drift monitor outputs ({} when no model has a reference), ready for WriteAudit.
+def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool) -> dict:
+    """Monitor outputs for WriteAudit: drift metrics and anomalies (windowed PSI/JS/L-inf and
+    ADWIN), for the models that have a reference; {} when none has one.
 
-    ``rows`` is a PCollection, several, or a zero-argument callable returning them (so that
-    no branch is built at all when nothing is monitored).
+    ``rows``: a PCollection of rows or row batches, or several of them.
     """
+    import apache_beam as beam
+
+    from transforms.monitors.adwin import MonitorAdwin
     from transforms.monitors.drift import MonitorDrift
     from transforms.monitors.reference import model_references
 
     refs = model_references(specs, opts.references)
     if not refs:
         return {}
-    if callable(rows):
-        rows = rows()
-    return rows | label >> MonitorDrift(refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s)
+    drift = rows | "MonitorDrift" >> MonitorDrift(
+        refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s
+    )
+    adwin = rows | "MonitorAdwin" >> MonitorAdwin({n: specs[n] for n in refs}, bounded)
+    anomalies = (drift["anomalies"], adwin) | "AllAnomalies" >> beam.Flatten()
+    return {"drift_metrics": drift["drift_metrics"], "anomalies": anomalies}
 
 
 def publish_anomalies(anomalies, topic: str) -> None:

@@ -219,17 +219,18 @@ def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed,
         "seconds": elapsed,
     }
     summary["duplicates_collapsed"] = sent - bad - summary["clickhouse_rows"]
-    summary["anomalies"] = ch.query(
-        f"SELECT signal, severity, round(statistic, 3), window_start FROM `{dataset}`.anomalies FINAL ORDER BY window_start, signal"
+    rows = ch.query(
+        f"SELECT signal, detector, severity, round(statistic, 3), window_start, window_end "
+        f"FROM `{dataset}`.anomalies FINAL ORDER BY window_end, signal"
     ).result_rows
     summary["windows"] = int(ch.command(f"SELECT uniqExact(window_start) FROM `{dataset}`.drift_metrics"))
-    summary["anomalies"] = [
-        (sig, sev, stat, w if w.tzinfo else w.replace(tzinfo=dt.timezone.utc))
-        for sig, sev, stat, w in summary["anomalies"]
-    ]
-    summary["clean_window_alerts"] = sum(
-        1 for a in summary["anomalies"] if a[3] + dt.timedelta(seconds=window_s) <= drift_from
-    )
+
+    def utc(t: dt.datetime) -> dt.datetime:
+        return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)  # chDB returns naive UTC
+
+    summary["anomalies"] = [(sig, det, sev, stat, utc(ws), utc(we)) for sig, det, sev, stat, ws, we in rows]
+    # an alert is on clean data when all the evidence it used ends before the drift starts
+    summary["clean_window_alerts"] = sum(1 for a in summary["anomalies"] if a[5] <= drift_from)
     summary["conserved"] = (
         summary["bigquery_rows"] == summary["clickhouse_rows"] == unique
         and sum(summary["dead_letters"].values()) == bad
@@ -250,9 +251,9 @@ def _drive(events, names, ch, project, dataset, bq_endpoint, out, timeout, seed,
     say(
         f"  drift windows computed      {summary['windows']} (window {window_s}s; 'amount' shifted by 1 sd from {drift_from:%H:%M:%S})\n"
     )
-    for signal, sev, stat, wstart in summary["anomalies"]:
-        say(f"    anomaly: {signal:<18}{sev:<10}PSI {stat:<8}window {wstart:%H:%M:%S}\n")
-    say(f"  alerts on clean windows     {summary['clean_window_alerts']}\n")
+    for signal, det, sev, stat, _, wend in summary["anomalies"]:
+        say(f"    anomaly: {signal:<18}{det:<6}{sev:<10}statistic {stat:<10}at {wend:%H:%M:%S}\n")
+    say(f"  alerts on clean data        {summary['clean_window_alerts']}\n")
     say(f"  processed in {elapsed:.1f}s ({sent / elapsed:.0f} events/s on the DirectRunner)\n")
     say(
         "conservation: events in = audit rows + dead letters + duplicates: "

@@ -103,3 +103,11 @@ def test_injected_drift_is_caught_and_the_clean_part_is_silent(
     assert {(s, t) for s, _, t, _ in anomalies} >= {("amount", "predaudit.anomaly.feature_drift")}
     assert all(json.loads(ce)["specversion"] == "1.0" for *_, ce in anomalies)
     assert not any(s in ("hour_of_day", "country", "latency_ms") for s, *_ in anomalies)
+    # ADWIN on the same stream: "amount" changes within 500 events (10 s at 50 events/s) of the onset
+    adwin = chdb_client.query(
+        f"SELECT signal, toUnixTimestamp64Micro(window_end) FROM `{ch_database}`.anomalies WHERE detector = 'adwin'"
+    ).result_rows
+    onset_us = (start + 900) * 1_000_000
+    amount = [t for s, t in adwin if s == "amount"]
+    assert amount and 0 <= min(t for t in amount if t >= onset_us) - onset_us <= 10_000_000
+    assert not [s for s, t in adwin if t < onset_us]  # silent on the 45,000 clean events

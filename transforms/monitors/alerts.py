@@ -88,18 +88,20 @@ def anomaly_event(
     reference: dict | None = None,
     current: dict | None = None,
     source: str = "predaudit/monitors",
+    kind: str | None = None,
 ) -> dict[str, Any]:
     """A CloudEvents 1.0 JSON anomaly (``schemas/json/anomaly_event.schema.json``).
 
     The id is deterministic for the series, window and severity, so a retried window
-    publishes the same event id (subscribers can dedup).
+    publishes the same event id (subscribers can dedup). ``kind`` overrides the type suffix
+    (e.g. ADWIN on a feature is ``feature_drift``, on labelled errors ``concept_drift``).
     """
     key = "\x00".join([model, version, signal, detector, _iso(window_start), severity])
     return {
         "specversion": "1.0",
         "id": hashlib.sha256(key.encode()).hexdigest()[:32],
         "source": source,
-        "type": f"predaudit.anomaly.{ANOMALY_TYPES[detector]}",
+        "type": f"predaudit.anomaly.{kind or ANOMALY_TYPES[detector]}",
         "time": _iso(window_end),
         "subject": f"{model}/{version}/{signal}",
         "datacontenttype": "application/json",
