@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -156,10 +157,20 @@ def start_pubsub_emulator(log_dir: pathlib.Path, port: int | None = None) -> Ser
     return svc
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
 def services(*starters: Callable[[], Service]) -> Iterator[list[Service]]:
-    """Start services in order; stop all that started, whatever happens (Ctrl-C included)."""
+    """Start services in order; stop all that started, whatever happens.
+
+    Ctrl-C raises KeyboardInterrupt; SIGTERM (``timeout``, ``kill``) would end Python without
+    running ``finally``, leaving the emulators (own sessions) behind, so it becomes SystemExit.
+    """
     started: list[Service] = []
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     try:
         for start in starters:
             started.append(start())
