@@ -61,6 +61,13 @@ class AdwinSettings(msgspec.Struct, forbid_unknown_fields=True):
     clock: int = 32
 
 
+class RateThresholds(msgspec.Struct, forbid_unknown_fields=True):
+    """A share of a window's events (0..1) that raises a warning / critical anomaly."""
+
+    warning: float
+    critical: float
+
+
 class MonitorSettings(msgspec.Struct, forbid_unknown_fields=True):
     window_seconds: int = 300
     allowed_lateness_seconds: int = 600
@@ -69,6 +76,12 @@ class MonitorSettings(msgspec.Struct, forbid_unknown_fields=True):
     psi: PsiSettings = msgspec.field(default_factory=PsiSettings)
     adwin: AdwinSettings = msgspec.field(default_factory=AdwinSettings)
     latency_slo_ms: float | None = None
+    #: share of a window's events slower than latency_slo_ms
+    latency_over_slo: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.1, 0.3))
+    #: share of a window's events with status "error"
+    error_rate: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.05, 0.2))
+    #: share of a window's events with at least one quality issue
+    quality_issue_rate: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.05, 0.2))
     accuracy_min: float | None = None
     label_join_horizon_seconds: int = 3600
     cooldown_seconds: int = 3600
@@ -131,6 +144,10 @@ def _semantic_checks(spec: ModelSpec, file: str) -> None:
         raise SpecError(file, "monitors.adwin.delta", f"must be in (0, 1), got {m.adwin.delta}")
     if not 0 < m.psi.warning <= m.psi.critical:
         raise SpecError(file, "monitors.psi", "need 0 < warning <= critical")
+    for key in ("latency_over_slo", "error_rate", "quality_issue_rate"):
+        r = getattr(m, key)
+        if not 0 < r.warning <= r.critical <= 1:
+            raise SpecError(file, f"monitors.{key}", "need 0 < warning <= critical <= 1")
     if not 0 < m.psi.epsilon < 0.01:
         raise SpecError(file, "monitors.psi.epsilon", f"must be in (0, 0.01), got {m.psi.epsilon}")
 

@@ -111,3 +111,67 @@ def test_injected_drift_is_caught_and_the_clean_part_is_silent(
     amount = [t for s, t in adwin if s == "amount"]
     assert amount and 0 <= min(t for t in amount if t >= onset_us) - onset_us <= 10_000_000
     assert not [s for s, t in adwin if t < onset_us]  # silent on the 45,000 clean events
+
+
+def test_latency_regression_flagged_in_the_first_full_window(
+    tmp_path, chdb_path, chdb_client, ch_database
+) -> None:
+    import orjson
+
+    create_clickhouse_tables(chdb_client, ch_database)
+    out = io.StringIO()
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    base, stream = tmp_path / "base.jsonl", tmp_path / "stream.jsonl"
+    assert main(["simulate", "--events", "3000", "--seed", "1", "--out", str(base)], out) == 0
+    assert (
+        main(
+            [
+                "reference",
+                "build",
+                "--input",
+                str(base),
+                "--model",
+                "fraud",
+                "--out",
+                str(refs / "fraud.json"),
+            ],
+            out,
+        )
+        == 0
+    )
+    assert main(["simulate", "--events", "45000", "--seed", "4", "--out", str(stream)], out) == 0
+    lines = stream.read_bytes().splitlines()
+    slow = []
+    for i, line in enumerate(lines):  # from 600 s of event time (window 3) the model is 20x slower
+        ev = orjson.loads(line)
+        if i >= 30000:
+            ev["latency_ms"] = round(ev["latency_ms"] * 20, 2)
+        slow.append(orjson.dumps(ev))
+    stream.write_bytes(b"\n".join(slow) + b"\n")
+    opts = AuditOptions(
+        [
+            f"--input={stream}",
+            f"--clickhouse_dsn=chdb://{chdb_path}",
+            f"--clickhouse_database={ch_database}",
+            f"--model_specs={SPECS}",
+            f"--references={refs}",
+            "--monitor_window_s=300",
+        ]
+    )
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts)
+    rates = chdb_client.query(
+        f"SELECT metric, toUnixTimestamp(window_start) % 3600, value, status FROM `{ch_database}`.drift_metrics FINAL "
+        "WHERE metric IN ('latency_over_slo', 'error_rate', 'quality_issue_rate', 'count') ORDER BY 2, 1"
+    ).result_rows
+    by = {(m, w): (v, st) for m, w, v, st in rates}
+    assert by[("count", 0)][0] == 15000  # traffic volume per window is recorded
+    assert by[("latency_over_slo", 0)][1] == by[("latency_over_slo", 300)][1] == "ok"
+    assert by[("latency_over_slo", 600)][1] == "critical"  # the first full window after onset
+    assert all(st == "ok" for (m, _), (_, st) in by.items() if m in ("error_rate", "quality_issue_rate"))
+    alerts = chdb_client.query(
+        f"SELECT signal, detector, severity, type FROM `{ch_database}`.anomalies WHERE detector != 'adwin'"
+    ).result_rows
+    assert ("latency_over_slo", "latency", "critical", "predaudit.anomaly.latency_regression") in alerts
+    assert not [a for a in alerts if a[1] in ("threshold", "quality")]

@@ -51,6 +51,13 @@ class DriftSettings:
     warning: float = 0.1
     critical: float = 0.25
     cooldown_s: float = 3600.0
+    latency_slo_ms: float | None = None
+    #: rate metric -> (warning, critical) share of the window's events
+    rates: tuple[tuple[str, float, float], ...] = (
+        ("latency_over_slo", 0.1, 0.3),
+        ("error_rate", 0.05, 0.2),
+        ("quality_issue_rate", 0.05, 0.2),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +108,23 @@ def signal_bins(row: Mapping[str, Any], ref: ModelReference) -> dict[str, int]:
     return out
 
 
+RATE_DETECTORS = {"latency_over_slo": "latency", "error_rate": "threshold", "quality_issue_rate": "quality"}
+
+
+def rate_hits(row: Mapping[str, Any], s: DriftSettings) -> Iterator[tuple[str, int]]:
+    """(rate metric, 1 if the row counts towards it else 0) for one audit row.
+
+    >>> sorted(rate_hits({"status": "error", "quality_issues": [], "latency_ms": 900.0},
+    ...                  DriftSettings(latency_slo_ms=150)))
+    [('error_rate', 1), ('latency_over_slo', 1), ('quality_issue_rate', 0)]
+    """
+    yield "error_rate", int(row.get("status") == "error")
+    yield "quality_issue_rate", int(bool(row.get("quality_issues")))
+    latency = row.get("latency_ms")
+    if s.latency_slo_ms is not None and latency is not None:
+        yield "latency_over_slo", int(latency > s.latency_slo_ms)
+
+
 class _BinFn(beam.DoFn):
     """A row, or a batch of rows, -> partial counts per (model, version) and window.
 
@@ -126,6 +150,9 @@ class _BinFn(beam.DoFn):
             acc[0] += 1
             acc[2] = max(acc[2], t)
             counts = acc[1]
+            for rate, hit in rate_hits(row, ref.settings):
+                per = counts.setdefault(rate, {})
+                per[hit] = per.get(hit, 0) + 1
             for signal, b in signal_bins(row, ref).items():
                 per = counts.setdefault(signal, {})
                 per[b] = per.get(b, 0) + 1
@@ -172,6 +199,7 @@ def window_metrics(
 ) -> Iterator[tuple[dict, tuple | None]]:
     """(drift_metrics row, breach or None) for every signal and statistic of one window."""
     s = ref.settings
+    yield from _rate_metrics(model, version, n, counts, ref, start, end)
     for signal, r in sorted(ref.signals.items()):
         per = counts.get(signal, {})
         arr = np.zeros(len(r.expected), dtype=np.int64)
@@ -219,6 +247,59 @@ def window_metrics(
             yield row, breach
 
 
+def _metric_row(
+    model: str,
+    version: str,
+    signal: str,
+    metric: str,
+    value: float | None,
+    size: int,
+    status: str,
+    ref: ModelReference,
+    start: dt.datetime,
+    end: dt.datetime,
+) -> dict:
+    key = f"{model}\x00{version}\x00{signal}\x00{metric}\x00{start.isoformat()}"
+    return {
+        "metric_id": hashlib.sha256(key.encode()).hexdigest(),
+        "model_name": model,
+        "model_version": version,
+        "signal": signal,
+        "metric": metric,
+        "value": value,
+        "window_start": to_micros(start),
+        "window_end": to_micros(end),
+        "sample_size": size,
+        "status": status,
+        "epsilon": None,
+        "bins": None,
+        "reference_id": f"{ref.model}@{ref.version}",
+    }
+
+
+def _rate_metrics(model, version, n, counts, ref, start, end) -> Iterator[tuple[dict, tuple | None]]:
+    """Traffic volume (recorded) and the rate detectors (recorded and alerted)."""
+    s = ref.settings
+    yield _metric_row(model, version, "events", "count", float(n), n, "ok", ref, start, end), None
+    thresholds = {name: (w, c) for name, w, c in s.rates}
+    for rate, per in sorted((k, v) for k, v in counts.items() if k in RATE_DETECTORS):
+        size = sum(per.values())
+        value = per.get(1, 0) / size if size else None
+        enough = size >= s.min_sample_size
+        warning, critical = thresholds[rate]
+        level = severity(value, warning, critical) if enough and value is not None else None
+        status = "insufficient" if not enough else (level or "ok")
+        row = _metric_row(
+            model, version, rate.removesuffix("_rate"), rate, value, size, status, ref, start, end
+        )
+        breach = (
+            (level, value, critical if level == "critical" else warning, {}, {"rate": value})
+            if enough
+            else None
+        )
+        yield row, breach
+
+
 class _WindowStatsFn(beam.DoFn):
     def __init__(self, references: Mapping[str, ModelReference]) -> None:
         self.references = dict(references)
@@ -231,8 +312,9 @@ class _WindowStatsFn(beam.DoFn):
         for row, breach in window_metrics(model, version, n, counts, ref, start, end):
             yield beam.pvalue.TaggedOutput(DRIFT_METRICS, row)
             if breach is not None:
+                detector = RATE_DETECTORS.get(row["metric"], "psi")
                 yield (
-                    f"{model}\x00{version}\x00{row['signal']}\x00psi",
+                    f"{model}\x00{version}\x00{row['signal']}\x00{detector}",
                     (breach, start, end, row["sample_size"]),
                 )
 

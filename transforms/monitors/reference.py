@@ -99,7 +99,16 @@ def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -
             raise ValueError(f"{path}: reference is for model {doc.get('model')!r}, not {name!r}")
         m = spec.monitors
         settings = DriftSettings(
-            m.min_sample_size, m.psi.epsilon, m.psi.warning, m.psi.critical, float(m.cooldown_seconds)
+            m.min_sample_size,
+            m.psi.epsilon,
+            m.psi.warning,
+            m.psi.critical,
+            float(m.cooldown_seconds),
+            m.latency_slo_ms,
+            tuple(
+                (k, getattr(m, k).warning, getattr(m, k).critical)
+                for k in ("latency_over_slo", "error_rate", "quality_issue_rate")
+            ),
         )
         out[name] = ModelReference(name, doc["version"], load_reference(doc), settings)
     return out
