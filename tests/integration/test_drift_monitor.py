@@ -18,58 +18,24 @@ from schemas.tables import create_clickhouse_tables
 SPECS = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "models"
 
 
-def test_injected_drift_is_caught_and_the_clean_part_is_silent(
-    tmp_path, chdb_path, chdb_client, ch_database
-) -> None:
-    create_clickhouse_tables(chdb_client, ch_database)
-    out = io.StringIO()
-    refs = tmp_path / "refs"
+def reference_dir(tmp_path: pathlib.Path, events: int) -> pathlib.Path:
+    """A references folder with fraud.json built (by the CLI) from a clean simulated sample."""
+    refs, base = tmp_path / "refs", tmp_path / "base.jsonl"
     refs.mkdir()
-    base, stream = tmp_path / "base.jsonl", tmp_path / "stream.jsonl"
-    # 50 events/s of event time: a 300 s window holds 15,000 events; the shift starts in window 4
-    assert main(["simulate", "--events", "5000", "--seed", "1", "--out", str(base)], out) == 0
-    assert (
-        main(
-            [
-                "reference",
-                "build",
-                "--input",
-                str(base),
-                "--model",
-                "fraud",
-                "--out",
-                str(refs / "fraud.json"),
-            ],
-            out,
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "simulate",
-                "--events",
-                "60000",
-                "--seed",
-                "9",
-                "--drift-at",
-                "45000",
-                "--drift-feature",
-                "amount",
-                "--drift-shift",
-                "0.5",
-                "--out",
-                str(stream),
-            ],
-            out,
-        )
-        == 0
-    )
+    out = io.StringIO()
+    assert main(["simulate", "--events", str(events), "--seed", "1", "--out", str(base)], out) == 0
+    cmd = ["reference", "build", "--input", str(base), "--model", "fraud", "--out", str(refs / "fraud.json")]
+    assert main(cmd, out) == 0
+    return refs
+
+
+def replay(stream: pathlib.Path, refs: pathlib.Path, chdb_path, database: str) -> None:
+    """The replay pipeline with monitors (300 s windows) into the test's ClickHouse database."""
     opts = AuditOptions(
         [
             f"--input={stream}",
             f"--clickhouse_dsn=chdb://{chdb_path}",
-            f"--clickhouse_database={ch_database}",
+            f"--clickhouse_database={database}",
             f"--model_specs={SPECS}",
             f"--references={refs}",
             "--monitor_window_s=300",
@@ -77,6 +43,18 @@ def test_injected_drift_is_caught_and_the_clean_part_is_silent(
     )
     with beam.Pipeline(options=opts) as p:
         build(p, opts)
+
+
+def test_injected_drift_is_caught_and_the_clean_part_is_silent(
+    tmp_path, chdb_path, chdb_client, ch_database
+) -> None:
+    create_clickhouse_tables(chdb_client, ch_database)
+    refs = reference_dir(tmp_path, events=5000)
+    stream = tmp_path / "stream.jsonl"
+    # 50 events/s of event time: a 300 s window holds 15,000 events; the shift starts in window 4
+    args = ["--events", "60000", "--seed", "9", "--drift-at", "45000", "--drift-feature", "amount"]
+    assert main(["simulate", *args, "--drift-shift", "0.5", "--out", str(stream)], io.StringIO()) == 0
+    replay(stream, refs, chdb_path, ch_database)
     metrics = chdb_client.query(
         f"SELECT signal, toUnixTimestamp(window_start), value, status FROM `{ch_database}`.drift_metrics FINAL WHERE metric = 'psi'"
     ).result_rows
@@ -119,28 +97,9 @@ def test_latency_regression_flagged_in_the_first_full_window(
     import orjson
 
     create_clickhouse_tables(chdb_client, ch_database)
-    out = io.StringIO()
-    refs = tmp_path / "refs"
-    refs.mkdir()
-    base, stream = tmp_path / "base.jsonl", tmp_path / "stream.jsonl"
-    assert main(["simulate", "--events", "3000", "--seed", "1", "--out", str(base)], out) == 0
-    assert (
-        main(
-            [
-                "reference",
-                "build",
-                "--input",
-                str(base),
-                "--model",
-                "fraud",
-                "--out",
-                str(refs / "fraud.json"),
-            ],
-            out,
-        )
-        == 0
-    )
-    assert main(["simulate", "--events", "45000", "--seed", "4", "--out", str(stream)], out) == 0
+    refs = reference_dir(tmp_path, events=3000)
+    stream = tmp_path / "stream.jsonl"
+    assert main(["simulate", "--events", "45000", "--seed", "4", "--out", str(stream)], io.StringIO()) == 0
     lines = stream.read_bytes().splitlines()
     slow = []
     for i, line in enumerate(lines):  # from 600 s of event time (window 3) the model is 20x slower
@@ -149,18 +108,7 @@ def test_latency_regression_flagged_in_the_first_full_window(
             ev["latency_ms"] = round(ev["latency_ms"] * 20, 2)
         slow.append(orjson.dumps(ev))
     stream.write_bytes(b"\n".join(slow) + b"\n")
-    opts = AuditOptions(
-        [
-            f"--input={stream}",
-            f"--clickhouse_dsn=chdb://{chdb_path}",
-            f"--clickhouse_database={ch_database}",
-            f"--model_specs={SPECS}",
-            f"--references={refs}",
-            "--monitor_window_s=300",
-        ]
-    )
-    with beam.Pipeline(options=opts) as p:
-        build(p, opts)
+    replay(stream, refs, chdb_path, ch_database)
     rates = chdb_client.query(
         f"SELECT metric, toUnixTimestamp(window_start) % 3600, value, status FROM `{ch_database}`.drift_metrics FINAL "
         "WHERE metric IN ('latency_over_slo', 'error_rate', 'quality_issue_rate', 'count') ORDER BY 2, 1"

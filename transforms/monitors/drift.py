@@ -218,22 +218,8 @@ def window_metrics(
                 else None
             )
             status = "insufficient" if not enough else (level or "ok")
-            key = f"{model}\x00{version}\x00{signal}\x00{metric}\x00{start.isoformat()}"
-            row = {
-                "metric_id": hashlib.sha256(key.encode()).hexdigest(),
-                "model_name": model,
-                "model_version": version,
-                "signal": signal,
-                "metric": metric,
-                "value": value,
-                "window_start": to_micros(start),
-                "window_end": to_micros(end),
-                "sample_size": size,
-                "status": status,
-                "epsilon": s.epsilon if metric == "psi" else None,
-                "bins": len(r.expected),
-                "reference_id": f"{ref.model}@{ref.version}",
-            }
+            row = _metric_row(model, version, signal, metric, value, size, status, ref, start, end)
+            row["epsilon"], row["bins"] = (s.epsilon if metric == "psi" else None), len(r.expected)
             breach = None
             if metric == "psi" and enough:
                 current = (arr / size).round(6).tolist()
