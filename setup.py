@@ -19,6 +19,10 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "river>=0.22",
     "PyYAML>=6.0",
+    # serving sidecar
+    "aiohttp>=3.9",
+    "prometheus-client>=0.20",
+    "cloudevents>=1.11,<2",
 ]
 
 DEV_REQUIRES = [

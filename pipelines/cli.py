@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import collections
 import gzip
+import os
 import pathlib
 import sys
 from collections.abc import Iterator, Sequence
@@ -205,6 +206,22 @@ def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
     return run(args.beam_args)
 
 
+def cmd_sidecar(args: argparse.Namespace, out: IO[str]) -> int:
+    """The serving sidecar (see sidecar/server.py); runs until SIGTERM/SIGINT."""
+    import logging
+
+    from sidecar.server import Sidecar, config_from_args
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        cfg = config_from_args(args)
+        sidecar = Sidecar(cfg)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from None
+    sidecar.serve_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="predaudit", description="Streaming prediction audit for ML platforms.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -262,6 +279,29 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="the local end-to-end demo")
     d.add_argument("--events", type=int, default=3000)
     d.set_defaults(func=cmd_demo)
+
+    sd = sub.add_parser("sidecar", help="the serving sidecar: HTTP on loopback -> disk spool -> Pub/Sub")
+    sd.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    sd.add_argument("--port", type=int, default=8089)
+    sd.add_argument("--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT", "predaudit-local"))
+    sd.add_argument("--predictions-topic", default="predictions", help="topic id or projects/P/topics/T")
+    sd.add_argument("--labels-topic", default="labels")
+    sd.add_argument("--spool-dir", default="./predaudit-spool")
+    sd.add_argument(
+        "--spool-max-bytes", type=int, default=1 << 30, help="503 above this many unpublished bytes"
+    )
+    sd.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
+    sd.add_argument("--auth-token-file", help="require Authorization: Bearer <token> on /v1/*")
+    sd.add_argument("--kserve-mapping", help="YAML mapping InferenceServices to models (enables POST /)")
+    sd.add_argument("--max-request-bytes", type=int, default=8 << 20)
+    sd.add_argument("--ordering", choices=["model", "none"], default="model", help="Pub/Sub ordering key")
+    sd.add_argument("--batch-max-messages", type=int, default=1000)
+    sd.add_argument("--batch-max-bytes", type=int, default=1 << 20)
+    sd.add_argument("--batch-max-latency-ms", type=float, default=10.0)
+    sd.add_argument(
+        "--publish-timeout-s", type=float, default=60.0, help="per publish, then backoff and retry"
+    )
+    sd.set_defaults(func=cmd_sidecar)
 
     rn = sub.add_parser("run", help="the streaming pipeline (Beam options follow)", add_help=False)
     rn.set_defaults(func=cmd_run)

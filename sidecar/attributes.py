@@ -6,6 +6,9 @@ stalls the Pub/Sub source (Beam's behaviour), so it is set only when the payload
 
 from __future__ import annotations
 
+import datetime as _dt
+from typing import Any
+
 from schemas import Decoders, EventValidationError
 
 
@@ -23,6 +26,11 @@ def pubsub_attributes(
         ev, ts = dec.prediction(raw) if kind == "prediction" else dec.label(raw)
     except EventValidationError:
         return {}
+    return attributes_of(ev, ts)
+
+
+def attributes_of(ev: Any, ts: _dt.datetime) -> dict[str, str]:
+    """Attributes of a decoded event (``ts`` = its event or label time, UTC)."""
     attrs = {
         "event_id": ev.event_id,
         "event_time": ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
