@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench loadtest clean
 
 $(STAMP): setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,10 @@ lint: install
 
 bench: install
 	$(BIN)/python -m tests.bench.run_bench
+
+# The serving sidecar at 5,000 events/s for 60 s into the Pub/Sub emulator (about 3 minutes).
+loadtest: install
+	$(BIN)/python -m tests.bench.loadtest
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

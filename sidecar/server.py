@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as _dt
+import gc
 import hmac
 import logging
 import os
 import pathlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ from schemas import Decoders, EventValidationError, Limits
 from sidecar.attributes import attributes_of
 from sidecar.kserve import Joiner, KServeError, half_from_cloudevent, load_mapping
 from sidecar.metrics import SidecarMetrics
-from sidecar.publisher import Drainer, make_client
+from sidecar.publisher import Drainer, make_api
 from sidecar.spool import Spool, SpoolFull
 
 log = logging.getLogger("predaudit.sidecar")
@@ -104,26 +106,26 @@ def split_body(body: bytes, content_type: str = "application/json") -> list[byte
 class Sidecar:
     """One sidecar: spool + drainer + HTTP app. ``start()`` serves from a background thread."""
 
-    def __init__(self, cfg: SidecarConfig, client_factory: Callable[[], Any] | None = None) -> None:
+    def __init__(self, cfg: SidecarConfig, api_factory: Callable[[], Any] | None = None) -> None:
         self.cfg = cfg
         self.metrics = SidecarMetrics()
         self.decoders = Decoders(cfg.limits)
         self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.fsync, cfg.fsync_interval_s)
-        factory = client_factory or (
-            lambda: make_client(
-                cfg.ordering,
-                cfg.batch_max_messages,
-                cfg.batch_max_bytes,
-                cfg.batch_max_latency_ms / 1000.0,
-                cfg.publish_timeout_s,
-                on_error=lambda exc: self.metrics.publish_errors.labels(type(exc).__name__).inc(),
-            )
-        )
         topics = {
             "prediction": cfg.topic_path(cfg.predictions_topic),
             "label": cfg.topic_path(cfg.labels_topic),
         }
-        self.drainer = Drainer(self.spool, topics, self.metrics, factory, ordering=cfg.ordering)
+        self.drainer = Drainer(
+            self.spool,
+            topics,
+            self.metrics,
+            api_factory or make_api,
+            ordering=cfg.ordering,
+            max_messages=cfg.batch_max_messages,
+            max_bytes=cfg.batch_max_bytes,
+            max_latency_s=cfg.batch_max_latency_ms / 1000.0,
+            publish_timeout_s=cfg.publish_timeout_s,
+        )
         self._token = None
         if cfg.auth_token_file:
             self._token = pathlib.Path(cfg.auth_token_file).read_text().strip().encode()
@@ -320,7 +322,7 @@ class Sidecar:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self.spool.writable() and self.drainer._thread.is_alive()
+        ready = self.spool.writable() and self.drainer.alive()
         return web.Response(status=200 if ready else 503, text="ready\n" if ready else "not ready\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -387,7 +389,12 @@ class Sidecar:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
+        # The HTTP thread shares the interpreter with the publisher: a shorter GIL switch
+        # interval bounds how long a request waits behind a batch being encoded (default 5 ms),
+        # and freezing start-up objects keeps full GC passes short.
+        sys.setswitchinterval(0.0005)
         self.start()
+        gc.freeze()
         log.info(
             "predaudit sidecar listening on %s:%d (spool %s)", self.cfg.host, self.port, self.cfg.spool_dir
         )
