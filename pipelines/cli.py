@@ -99,8 +99,10 @@ def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
         raise UsageError(f"no model spec named {args.model!r} (known: {sorted(specs)}); pass --spec")
     if args.events < 0 or not 0 <= args.bad_fraction <= 1 or not 0 <= args.duplicate_fraction <= 1:
         raise UsageError("--events must be >= 0 and fractions within [0, 1]")
-    if (args.drift_at is None) != (args.drift_feature is None):
-        raise UsageError("--drift-at and --drift-feature go together")
+    if args.drift_kind in ("mean", "variance") and (args.drift_at is None) != (args.drift_feature is None):
+        raise UsageError(f"--drift-kind {args.drift_kind}: --drift-at and --drift-feature go together")
+    if args.drift_kind in ("score", "latency") and (args.drift_at is None or args.drift_feature):
+        raise UsageError(f"--drift-kind {args.drift_kind} takes --drift-at and no --drift-feature")
     cfg = SimConfig(
         model=args.model,
         events=args.events,
@@ -108,6 +110,7 @@ def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
         drift_at=args.drift_at,
         drift_feature=args.drift_feature,
         drift_shift=args.drift_shift,
+        drift_kind=args.drift_kind,
         bad_fraction=args.bad_fraction,
         duplicate_fraction=args.duplicate_fraction,
         label_fraction=1.0 if args.labels_out else 0.0,
@@ -241,7 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--drift-at", type=int)
     s.add_argument("--drift-feature")
-    s.add_argument("--drift-shift", type=float, default=1.0, help="shift in standard deviations")
+    s.add_argument("--drift-shift", type=float, default=1.0, help="shift in sd (mean) or factor (variance, latency)")
+    s.add_argument(
+        "--drift-kind",
+        choices=["mean", "variance", "score", "latency"],
+        default="mean",
+        help="mean/variance of --drift-feature, the model's score (logit shift) or latency (factor)",
+    )
     s.add_argument("--bad-fraction", type=float, default=0.0, help="fraction of malformed lines")
     s.add_argument("--duplicate-fraction", type=float, default=0.0, help="fraction of re-sent events")
     s.add_argument("--labels-out", help="also write one LabelEvent per valid prediction here")

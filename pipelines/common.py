@@ -39,7 +39,7 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool) -> dict:
     if not refs:
         return {}
     drift = rows | "MonitorDrift" >> MonitorDrift(
-        refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s
+        refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s, bounded
     )
     adwin = rows | "MonitorAdwin" >> MonitorAdwin({n: specs[n] for n in refs}, bounded)
     anomalies = (drift["anomalies"], adwin) | "AllAnomalies" >> beam.Flatten()

@@ -44,6 +44,10 @@ class SimConfig:
     drift_at: int | None = None
     drift_feature: str | None = None
     drift_shift: float = 1.0  # in standard deviations (numeric) / mass moved to a rare category
+    #: what changes at drift_at: "mean" (drift_feature += shift sd; categorical: mass to the rarest
+    #: category), "variance" (drift_feature sd *= shift), "score" (model logit += shift),
+    #: "latency" (latency *= shift)
+    drift_kind: str = "mean"
     bad_fraction: float = 0.0
     duplicate_fraction: float = 0.0
     label_fraction: float = 0.0
@@ -77,6 +81,8 @@ class Simulator:
         self.spec, self.cfg = spec, cfg
         self.rng = random.Random(cfg.seed)
         self.version = cfg.version or (spec.versions[0] if spec.versions else "v1")
+        if cfg.drift_kind not in ("mean", "variance", "score", "latency"):
+            raise ValueError(f"drift kind {cfg.drift_kind!r}: use mean, variance, score or latency")
         if cfg.drift_feature is not None and spec.feature(cfg.drift_feature) is None:
             raise ValueError(f"--drift-feature {cfg.drift_feature!r} is not a feature of model {spec.name!r}")
 
@@ -87,7 +93,9 @@ class Simulator:
             if f.type == "numeric":
                 lo, hi = f.range if f.range else (0.0, 100.0)
                 mu, sd = _numeric_params(lo, hi)
-                if shift:
+                if shift and self.cfg.drift_kind == "variance":
+                    sd *= self.cfg.drift_shift
+                elif shift:
                     mu += self.cfg.drift_shift * sd
                 out[f.name] = round(min(max(rng.gauss(mu, sd), lo), hi), 4)
             elif f.type == "categorical":
@@ -109,8 +117,8 @@ class Simulator:
                 out[f.name] = [round(rng.gauss(0, 1), 3) for _ in range(8)]
         return out
 
-    def _prediction(self, features: dict) -> tuple[dict, str]:
-        z = -2.0
+    def _prediction(self, features: dict, drifted: bool = False) -> tuple[dict, str]:
+        z = -2.0 + (self.cfg.drift_shift if drifted and self.cfg.drift_kind == "score" else 0.0)
         for f in self.spec.features:
             v = features.get(f.name)
             if f.type == "numeric" and f.range and isinstance(v, float | int):
@@ -133,7 +141,8 @@ class Simulator:
         features = self._features(drifted)
         if cfg.quality_fraction and rng.random() < cfg.quality_fraction:
             self._spoil(features)
-        pred, truth = self._prediction(features)
+        pred, truth = self._prediction(features, drifted)
+        latency = rng.lognormvariate(3.0, 0.4) * (cfg.drift_shift if drifted and cfg.drift_kind == "latency" else 1.0)
         t = cfg.start + dt.timedelta(seconds=i / cfg.rate_per_s)
         ev = {
             "schema_version": "1",
@@ -143,7 +152,7 @@ class Simulator:
             "request_id": f"req-{rng.getrandbits(48):012x}",
             "features": features,
             "prediction": pred,
-            "latency_ms": round(rng.lognormvariate(3.0, 0.4), 2),
+            "latency_ms": round(latency, 2),
             "status": "ok" if rng.random() > 0.002 else "error",
             "metadata": {"host": f"{self.spec.name}-pod-{i % 4}", "region": "europe-west1"},
         }

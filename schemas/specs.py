@@ -82,6 +82,8 @@ class MonitorSettings(msgspec.Struct, forbid_unknown_fields=True):
     error_rate: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.05, 0.2))
     #: share of a window's events with at least one quality issue
     quality_issue_rate: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.05, 0.2))
+    #: window count / median of recent windows at or below which traffic "dropped"
+    traffic_drop: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.3, 0.1))
     accuracy_min: float | None = None
     label_join_horizon_seconds: int = 3600
     cooldown_seconds: int = 3600

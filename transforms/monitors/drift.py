@@ -24,8 +24,10 @@ import numpy as np
 import orjson
 from apache_beam.coders import PickleCoder
 from apache_beam.transforms import trigger, window
-from apache_beam.transforms.userstate import ReadModifyWriteStateSpec
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Timestamp
 
 from transforms.metrics import counter
 from transforms.monitors.alerts import AlertState, anomaly_event, severity
@@ -36,6 +38,8 @@ from transforms.monitors.stats import (
     linf_distance,
     psi,
 )
+from transforms.monitors.traffic import TrafficSettings, TrafficState, observe, silent_window
+from transforms.monitors.traffic import breaches as traffic_breaches
 from transforms.rows import from_micros, to_micros
 
 ANOMALIES, DRIFT_METRICS = "anomalies", "drift_metrics"
@@ -52,6 +56,8 @@ class DriftSettings:
     critical: float = 0.25
     cooldown_s: float = 3600.0
     latency_slo_ms: float | None = None
+    #: traffic drop: (warning, critical) count / baseline median
+    traffic: tuple[float, float] = (0.3, 0.1)
     #: rate metric -> (warning, critical) share of the window's events
     rates: tuple[tuple[str, float, float], ...] = (
         ("latency_over_slo", 0.1, 0.3),
@@ -339,6 +345,60 @@ class _AlertFn(beam.DoFn):
         )
 
 
+class _TrafficCountFn(beam.DoFn):
+    def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
+        (model, version), (n, _) = element
+        yield f"{model}\x00{version}", (to_micros(_utc(win.start)), n)
+
+
+#: a model silent this many windows in a row stops re-arming its timer (its alert stays open)
+MAX_SILENT_WINDOWS = 12
+
+
+class _TrafficFn(beam.DoFn):
+    """Per (model, version): traffic drop against recent windows; a timer sees silent windows."""
+
+    STATE = ReadModifyWriteStateSpec("traffic", PickleCoder())
+    TIMER = TimerSpec("silent", TimeDomain.WATERMARK)
+
+    def __init__(self, references: Mapping[str, ModelReference], window_s: int, bounded: bool) -> None:
+        self.references, self.window_us, self.bounded = dict(references), window_s * 1_000_000, bounded
+
+    def _settings(self, model: str) -> TrafficSettings:
+        s = self.references[model].settings
+        return TrafficSettings(warning=s.traffic[0], critical=s.traffic[1], min_sample_size=s.min_sample_size)
+
+    def process(
+        self, element, state=beam.DoFn.StateParam(STATE), timer=beam.DoFn.TimerParam(TIMER)
+    ) -> Iterator[Any]:
+        key, (start_us, n) = element
+        model, version = key.split("\x00")
+        st: TrafficState = state.read() or TrafficState()
+        s = self._settings(model)
+        verdicts = observe(st, start_us, n, self.window_us, s)
+        state.write(st)
+        if verdicts and not self.bounded:  # bounded: the final watermark would fire every timer
+            timer.set(Timestamp(micros=st.last_start_us + 2 * self.window_us))
+        yield from traffic_breaches(model, version, verdicts, self.window_us, s)
+
+    @on_timer(TIMER)
+    def silent(
+        self, key=beam.DoFn.KeyParam, state=beam.DoFn.StateParam(STATE), timer=beam.DoFn.TimerParam(TIMER)
+    ) -> Iterator[Any]:
+        model, version = key.split("\x00")
+        st: TrafficState = state.read() or TrafficState()
+        if st.last_start_us is None:
+            return
+        s = self._settings(model)
+        verdict = silent_window(st, st.last_start_us + self.window_us, s)
+        st.silent_streak += 1
+        state.write(st)
+        counter("monitor_silent_windows").inc()
+        if st.silent_streak < MAX_SILENT_WINDOWS:
+            timer.set(Timestamp(micros=st.last_start_us + 2 * self.window_us))
+        yield from traffic_breaches(model, version, [verdict] if verdict else [], self.window_us, s)
+
+
 def anomaly_row(event: dict) -> dict:
     """The ``anomalies`` table row for a CloudEvent."""
     d = event["data"]
@@ -372,9 +432,14 @@ class MonitorDrift(beam.PTransform):
     """Audit rows (event-time stamped) or row batches -> {"drift_metrics": rows, "anomalies": CloudEvents}."""
 
     def __init__(
-        self, references: Mapping[str, ModelReference], window_s: int = 300, allowed_lateness_s: int = 600
+        self,
+        references: Mapping[str, ModelReference],
+        window_s: int = 300,
+        allowed_lateness_s: int = 600,
+        bounded: bool = False,
     ) -> None:
         super().__init__()
+        self.bounded = bounded
         if window_s <= 0 or allowed_lateness_s < 0:
             raise ValueError("monitor window must be > 0 s and allowed lateness >= 0 s")
         self.references, self.window_s, self.allowed_lateness_s = (
@@ -407,8 +472,15 @@ class MonitorDrift(beam.PTransform):
         stats = windowed | "Stats" >> beam.ParDo(_WindowStatsFn(self.references)).with_outputs(
             DRIFT_METRICS, main="breaches"
         )
+        traffic = (
+            windowed
+            | "TrafficCounts" >> beam.ParDo(_TrafficCountFn())
+            | "TrafficGlobal" >> beam.WindowInto(window.GlobalWindows())
+            | "Traffic" >> beam.ParDo(_TrafficFn(self.references, self.window_s, self.bounded))
+        )
         anomalies = (
-            stats.breaches
+            (stats.breaches, traffic)
+            | "AllBreaches" >> beam.Flatten()
             | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
             | "Alert" >> beam.ParDo(_AlertFn(self.references))
         )

@@ -109,6 +109,7 @@ def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -
                 (k, getattr(m, k).warning, getattr(m, k).critical)
                 for k in ("latency_over_slo", "error_rate", "quality_issue_rate")
             ),
+            (m.traffic_drop.warning, m.traffic_drop.critical),
         )
         out[name] = ModelReference(name, doc["version"], load_reference(doc), settings)
     return out
