@@ -101,7 +101,7 @@ def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
         raise UsageError("--events must be >= 0 and fractions within [0, 1]")
     if args.drift_kind in ("mean", "variance") and (args.drift_at is None) != (args.drift_feature is None):
         raise UsageError(f"--drift-kind {args.drift_kind}: --drift-at and --drift-feature go together")
-    if args.drift_kind in ("score", "latency") and (args.drift_at is None or args.drift_feature):
+    if args.drift_kind in ("score", "latency", "traffic") and (args.drift_at is None or args.drift_feature):
         raise UsageError(f"--drift-kind {args.drift_kind} takes --drift-at and no --drift-feature")
     cfg = SimConfig(
         model=args.model,
@@ -244,12 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=7)
     s.add_argument("--drift-at", type=int)
     s.add_argument("--drift-feature")
-    s.add_argument("--drift-shift", type=float, default=1.0, help="shift in sd (mean) or factor (variance, latency)")
+    s.add_argument(
+        "--drift-shift", type=float, default=1.0, help="shift in sd (mean) or factor (variance, latency)"
+    )
     s.add_argument(
         "--drift-kind",
-        choices=["mean", "variance", "score", "latency"],
+        choices=["mean", "variance", "score", "latency", "traffic"],
         default="mean",
-        help="mean/variance of --drift-feature, the model's score (logit shift) or latency (factor)",
+        help="mean/variance of --drift-feature, the model's score (logit shift), latency or traffic (factor)",
     )
     s.add_argument("--bad-fraction", type=float, default=0.0, help="fraction of malformed lines")
     s.add_argument("--duplicate-fraction", type=float, default=0.0, help="fraction of re-sent events")

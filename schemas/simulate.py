@@ -46,7 +46,7 @@ class SimConfig:
     drift_shift: float = 1.0  # in standard deviations (numeric) / mass moved to a rare category
     #: what changes at drift_at: "mean" (drift_feature += shift sd; categorical: mass to the rarest
     #: category), "variance" (drift_feature sd *= shift), "score" (model logit += shift),
-    #: "latency" (latency *= shift)
+    #: "latency" (latency *= shift), "traffic" (event rate /= shift)
     drift_kind: str = "mean"
     bad_fraction: float = 0.0
     duplicate_fraction: float = 0.0
@@ -81,8 +81,8 @@ class Simulator:
         self.spec, self.cfg = spec, cfg
         self.rng = random.Random(cfg.seed)
         self.version = cfg.version or (spec.versions[0] if spec.versions else "v1")
-        if cfg.drift_kind not in ("mean", "variance", "score", "latency"):
-            raise ValueError(f"drift kind {cfg.drift_kind!r}: use mean, variance, score or latency")
+        if cfg.drift_kind not in ("mean", "variance", "score", "latency", "traffic"):
+            raise ValueError(f"drift kind {cfg.drift_kind!r}: use mean, variance, score, latency or traffic")
         if cfg.drift_feature is not None and spec.feature(cfg.drift_feature) is None:
             raise ValueError(f"--drift-feature {cfg.drift_feature!r} is not a feature of model {spec.name!r}")
 
@@ -142,8 +142,15 @@ class Simulator:
         if cfg.quality_fraction and rng.random() < cfg.quality_fraction:
             self._spoil(features)
         pred, truth = self._prediction(features, drifted)
-        latency = rng.lognormvariate(3.0, 0.4) * (cfg.drift_shift if drifted and cfg.drift_kind == "latency" else 1.0)
-        t = cfg.start + dt.timedelta(seconds=i / cfg.rate_per_s)
+        latency = rng.lognormvariate(3.0, 0.4) * (
+            cfg.drift_shift if drifted and cfg.drift_kind == "latency" else 1.0
+        )
+        if drifted and cfg.drift_kind == "traffic":  # the rate falls to 1/shift at drift_at
+            t = cfg.start + dt.timedelta(
+                seconds=(cfg.drift_at + (i - cfg.drift_at) * cfg.drift_shift) / cfg.rate_per_s
+            )
+        else:
+            t = cfg.start + dt.timedelta(seconds=i / cfg.rate_per_s)
         ev = {
             "schema_version": "1",
             "event_id": f"{self.spec.name}-{cfg.seed}-{i:09d}",

@@ -59,6 +59,10 @@ class PsiSettings(msgspec.Struct, forbid_unknown_fields=True):
 class AdwinSettings(msgspec.Struct, forbid_unknown_fields=True):
     delta: float = 0.002
     clock: int = 32
+    #: a detection alerts only when the means differ by at least this many standard deviations
+    min_effect_sd: float = 0.2
+    #: values after a detection over which its effect is measured before it may alert
+    confirm_events: int = 200
 
 
 class RateThresholds(msgspec.Struct, forbid_unknown_fields=True):

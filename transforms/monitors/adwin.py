@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
@@ -36,6 +36,8 @@ class Detection:
     mean_before: float
     mean_after: float
     width_before: int
+    #: |mean_after - mean_before| in standard deviations of the values seen so far
+    effect_sd: float = 0.0
 
 
 class AdwinSeries:
@@ -46,22 +48,51 @@ class AdwinSeries:
     [1023]
     """
 
-    def __init__(self, delta: float, clock: int) -> None:
+    def __init__(self, delta: float, clock: int, confirm_events: int = 200) -> None:
         self.adwin = drift.ADWIN(delta=delta, clock=clock)
         self.seen = 0
         self.last_emitted_us: int | None = None
+        self.total = self.total_sq = 0.0
+        self.confirm_events = confirm_events
+        self.pending: list[list] = []  # [detection, values after it, their sum]
+        self.confirmed: list[Detection] = []
 
-    def feed(self, values: Iterable[tuple[int, float]]) -> list[Detection]:
-        """Feed (event time us, value) pairs in the given order; returns the detections."""
+    def feed(self, values: Sequence[tuple[int, float]]) -> list[Detection]:
+        """Feed (event time us, value) pairs in the given order; returns river's detections.
+
+        Each detection is also measured on the ``confirm_events`` values after it: its
+        ``effect_sd`` is |their mean - the mean before| in standard deviations of the series,
+        and it lands in ``confirmed`` once measured (ADWIN's first cut keeps some old values,
+        so the size of a change is only known a little later).
+        """
         out = []
-        adwin = self.adwin
+        adwin, pending = self.adwin, self.pending
+        t1, t2, seen = self.total, self.total_sq, self.seen
         for t, v in values:
             before, width = adwin.estimation, adwin.width
             adwin.update(v)
+            t1 += v
+            t2 += v * v
+            if pending:
+                self._measure(v, t1, t2, seen + 1)
             if adwin.drift_detected:
-                out.append(Detection(self.seen, t, before, adwin.estimation, int(width)))
-            self.seen += 1
+                d = Detection(seen, t, before, adwin.estimation, int(width))
+                out.append(d)
+                pending.append([d, 0, 0.0])
+            seen += 1
+        self.total, self.total_sq, self.seen = t1, t2, seen
         return out
+
+    def _measure(self, v: float, t1: float, t2: float, n_seen: int) -> None:
+        for p in self.pending:
+            p[1] += 1
+            p[2] += v
+        while self.pending and self.pending[0][1] >= self.confirm_events:
+            d, n, total = self.pending.pop(0)
+            mean = t1 / n_seen
+            sd = math.sqrt(max(t2 / n_seen - mean * mean, 0.0)) or 1.0
+            d.effect_sd = abs(total / n - d.mean_before) / sd
+            self.confirmed.append(d)
 
 
 def numeric_signals(spec: ModelSpec) -> tuple[tuple[str, float, float], ...]:
@@ -109,7 +140,7 @@ def _detection_event(key: str, d: Detection, delta: float, start_us: int) -> dic
         window_end=from_micros(d.time_us),
         sample_size=d.width_before,
         reference={"mean": d.mean_before},
-        current={"mean": d.mean_after, "index": d.index},
+        current={"mean": d.mean_after, "index": d.index, "effect_sd": round(d.effect_sd, 4)},
     )
 
 
@@ -118,6 +149,8 @@ class AdwinSettings:
     delta: float
     clock: int
     cooldown_s: float
+    min_effect_sd: float = 0.2
+    confirm_events: int = 200
 
 
 class _SeriesValuesFn(beam.DoFn):
@@ -151,7 +184,7 @@ class _AdwinStateFn(beam.DoFn):
         key, batches = element
         cfg = self.settings[key.split("\x00", 1)[0]]
         values = sorted(v for batch in batches for v in batch)  # event-time order within the batch
-        series: AdwinSeries = state.read() or AdwinSeries(cfg.delta, cfg.clock)
+        series: AdwinSeries = state.read() or AdwinSeries(cfg.delta, cfg.clock, cfg.confirm_events)
         yield from _emit(key, series, values, cfg)
         state.write(series)
 
@@ -160,8 +193,13 @@ def _emit(
     key: str, series: AdwinSeries, values: list[tuple[int, float]], cfg: AdwinSettings
 ) -> Iterator[dict]:
     start = values[0][0] if values else 0
-    for d in series.feed(values):
+    for _ in series.feed(values):
         counter("adwin_detections").inc()
+    confirmed, series.confirmed = series.confirmed, []
+    for d in confirmed:
+        if d.effect_sd < cfg.min_effect_sd:  # a real but negligible change: not worth a page
+            counter("adwin_detections_below_min_effect").inc()
+            continue
         if series.last_emitted_us is not None and d.time_us - series.last_emitted_us < cfg.cooldown_s * 1e6:
             continue
         series.last_emitted_us = d.time_us
@@ -172,7 +210,7 @@ def _replay_series(element, settings: Mapping[str, AdwinSettings]) -> Iterator[d
     key, batches = element
     cfg = settings[key.split("\x00", 1)[0]]
     values = sorted(v for batch in batches for v in batch)  # the whole series, in event-time order
-    yield from _emit(key, AdwinSeries(cfg.delta, cfg.clock), values, cfg)
+    yield from _emit(key, AdwinSeries(cfg.delta, cfg.clock, cfg.confirm_events), values, cfg)
 
 
 class MonitorAdwin(beam.PTransform):
@@ -182,7 +220,11 @@ class MonitorAdwin(beam.PTransform):
         super().__init__()
         self.settings = {
             n: AdwinSettings(
-                s.monitors.adwin.delta, s.monitors.adwin.clock, float(s.monitors.cooldown_seconds)
+                s.monitors.adwin.delta,
+                s.monitors.adwin.clock,
+                float(s.monitors.cooldown_seconds),
+                s.monitors.adwin.min_effect_sd,
+                s.monitors.adwin.confirm_events,
             )
             for n, s in specs.items()
         }

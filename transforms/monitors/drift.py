@@ -56,14 +56,14 @@ class DriftSettings:
     critical: float = 0.25
     cooldown_s: float = 3600.0
     latency_slo_ms: float | None = None
-    #: traffic drop: (warning, critical) count / baseline median
-    traffic: tuple[float, float] = (0.3, 0.1)
     #: rate metric -> (warning, critical) share of the window's events
     rates: tuple[tuple[str, float, float], ...] = (
         ("latency_over_slo", 0.1, 0.3),
         ("error_rate", 0.05, 0.2),
         ("quality_issue_rate", 0.05, 0.2),
     )
+    #: traffic drop: (warning, critical) count / baseline median
+    traffic: tuple[float, float] = (0.3, 0.1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -479,9 +479,8 @@ class MonitorDrift(beam.PTransform):
             | "Traffic" >> beam.ParDo(_TrafficFn(self.references, self.window_s, self.bounded))
         )
         anomalies = (
-            (stats.breaches, traffic)
+            (stats.breaches | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()), traffic)
             | "AllBreaches" >> beam.Flatten()
-            | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows())
             | "Alert" >> beam.ParDo(_AlertFn(self.references))
         )
         return {DRIFT_METRICS: stats[DRIFT_METRICS], ANOMALIES: anomalies}
