@@ -68,7 +68,7 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         )
         dead.append(labels[DEAD_LETTERS])
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
-    mon = monitors(out["predictions"], opts, specs, bounded=False)
+    mon = monitors(out["predictions"], opts, specs, bounded=False, labels=out.get("labels"))
     if mon:
         out["drift_metrics"] = mon["drift_metrics"]
         out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)

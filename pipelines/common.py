@@ -23,16 +23,18 @@ def specs_from(opts) -> dict[str, ModelSpec]:
     return load_specs(opts.model_specs) if opts.model_specs else {}
 
 
-def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool) -> dict:
-    """Monitor outputs for WriteAudit: drift metrics and anomalies (windowed PSI/JS/L-inf and
-    ADWIN), for the models that have a reference; {} when none has one.
+def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None) -> dict:
+    """Monitor outputs for WriteAudit: drift metrics and anomalies (windowed PSI/JS/L-inf,
+    rates, traffic, ADWIN, and with ``labels`` accuracy / MAE and concept drift), for the
+    models that have a reference; {} when none has one.
 
     ``rows``: a PCollection of rows or row batches, or several of them.
     """
     import apache_beam as beam
 
-    from transforms.monitors.adwin import MonitorAdwin
-    from transforms.monitors.drift import MonitorDrift
+    from transforms.monitors.adwin import AdwinDetect, MonitorAdwin
+    from transforms.monitors.drift import MonitorDrift, _AlertFn
+    from transforms.monitors.labels import JoinLabels, MonitorPerformance
     from transforms.monitors.reference import model_references
 
     refs = model_references(specs, opts.references)
@@ -41,9 +43,39 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool) -> dict:
     drift = rows | "MonitorDrift" >> MonitorDrift(
         refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s, bounded
     )
-    adwin = rows | "MonitorAdwin" >> MonitorAdwin({n: specs[n] for n in refs}, bounded)
-    anomalies = (drift["anomalies"], adwin) | "AllAnomalies" >> beam.Flatten()
-    return {"drift_metrics": drift["drift_metrics"], "anomalies": anomalies}
+    monitored = {n: specs[n] for n in refs}
+    adwin = rows | "MonitorAdwin" >> MonitorAdwin(monitored, bounded)
+    metrics, anomalies = [drift["drift_metrics"]], [drift["anomalies"], adwin]
+    if labels is not None:
+        preds = rows | "AllPredictionRows" >> beam.Flatten() if isinstance(rows, tuple | list) else rows
+        outcomes = (preds, labels) | "JoinLabels" >> JoinLabels(
+            {n: s.task for n, s in monitored.items()},
+            {n: s.monitors.label_join_horizon_seconds for n, s in monitored.items()},
+            bounded,
+        )
+        perf = outcomes | "MonitorPerformance" >> MonitorPerformance(
+            {n: s.task for n, s in monitored.items()},
+            {n: s.monitors.accuracy_min for n, s in monitored.items() if s.monitors.accuracy_min is not None},
+            {n: s.monitors.min_labeled for n, s in monitored.items()},
+            opts.monitor_window_s,
+            opts.monitor_allowed_lateness_s,
+        )
+        metrics.append(perf["drift_metrics"])
+        anomalies.append(
+            perf["breaches"]
+            | "PerformanceGlobal" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
+            | "AlertPerformance" >> beam.ParDo(_AlertFn(refs))
+        )
+        settings = MonitorAdwin(monitored, bounded).settings
+        anomalies.append(
+            outcomes
+            | "ErrorSeries" >> beam.Map(lambda o: (f"{o[0]}\x00{o[1]}\x00prediction.error", [(o[2], o[3])]))
+            | "ConceptDrift" >> AdwinDetect(settings, bounded)
+        )
+    return {
+        "drift_metrics": metrics | "AllDriftMetrics" >> beam.Flatten(),
+        "anomalies": anomalies | "AllAnomalies" >> beam.Flatten(),
+    }
 
 
 def publish_anomalies(anomalies, topic: str) -> None:

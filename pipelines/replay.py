@@ -140,7 +140,15 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
     # per row at event time, for the event-time windows (only when a model has a reference)
     # row batches go to the monitors as they are: each batch is binned per event-time window
-    mon = monitors((out["predictions"], out["predictions/duplicates"]), opts, specs, bounded=True)
+    mon = monitors(
+        (out["predictions"], out["predictions/duplicates"]),
+        opts,
+        specs,
+        bounded=True,
+        labels=(out["labels"], out["labels/duplicates"]) | "AllLabelRows" >> beam.Flatten()
+        if opts.labels_input
+        else None,
+    )
     if mon:
         out["drift_metrics"] = mon["drift_metrics"]
         out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)

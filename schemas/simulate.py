@@ -46,12 +46,15 @@ class SimConfig:
     drift_shift: float = 1.0  # in standard deviations (numeric) / mass moved to a rare category
     #: what changes at drift_at: "mean" (drift_feature += shift sd; categorical: mass to the rarest
     #: category), "variance" (drift_feature sd *= shift), "score" (model logit += shift),
-    #: "latency" (latency *= shift), "traffic" (event rate /= shift)
+    #: "latency" (latency *= shift), "traffic" (event rate /= shift), "concept" (labels flip)
     drift_kind: str = "mean"
     bad_fraction: float = 0.0
     duplicate_fraction: float = 0.0
     label_fraction: float = 0.0
     quality_fraction: float = 0.0  # valid events with one out-of-spec feature value
+
+
+DRIFT_KINDS = ("mean", "variance", "score", "latency", "traffic", "concept")
 
 
 @dataclasses.dataclass
@@ -81,8 +84,8 @@ class Simulator:
         self.spec, self.cfg = spec, cfg
         self.rng = random.Random(cfg.seed)
         self.version = cfg.version or (spec.versions[0] if spec.versions else "v1")
-        if cfg.drift_kind not in ("mean", "variance", "score", "latency", "traffic"):
-            raise ValueError(f"drift kind {cfg.drift_kind!r}: use mean, variance, score, latency or traffic")
+        if cfg.drift_kind not in DRIFT_KINDS:
+            raise ValueError(f"drift kind {cfg.drift_kind!r}: use one of {', '.join(DRIFT_KINDS)}")
         if cfg.drift_feature is not None and spec.feature(cfg.drift_feature) is None:
             raise ValueError(f"--drift-feature {cfg.drift_feature!r} is not a feature of model {spec.name!r}")
 
@@ -133,6 +136,8 @@ class Simulator:
             "scores": {classes[0]: round(1 - score, 6), classes[1]: round(score, 6)},
         }
         truth = classes[1] if self.rng.random() < score else classes[0]
+        if drifted and self.cfg.drift_kind == "concept":  # the world changed: the rule flips
+            truth = classes[0] if truth == classes[1] else classes[1]
         return pred, truth
 
     def _event(self, i: int) -> tuple[dict, str]:

@@ -29,6 +29,7 @@ class Scenario:
     shift: float
     #: (signal, detector) pairs expected to fire after the onset
     targets: tuple[tuple[str, str], ...]
+    label_fraction: float = 0.0
 
 
 SCENARIOS = (
@@ -39,6 +40,8 @@ SCENARIOS = (
     Scenario("score shift (+1 logit)", "score", None, 1.0, (("prediction.score", "psi"), ("prediction.score", "adwin"))),
     Scenario("latency regression x8", "latency", None, 8.0, (("latency_over_slo", "latency"), ("latency_ms", "adwin"), ("latency_ms", "psi"))),
     Scenario("traffic drop to 1/20", "traffic", None, 20.0, (("events", "traffic"),)),
+    Scenario("concept drift (labels flip)", "concept", None, 1.0,
+             (("accuracy", "accuracy"), ("prediction.error", "adwin")), label_fraction=0.5),
 )  # fmt: skip
 
 
@@ -52,12 +55,14 @@ class Result:
     delay_windows: int | None
 
 
-def write_stream(path: pathlib.Path, prefix: int, post: int, rate: float, scenarios=SCENARIOS) -> None:
+def write_stream(
+    path: pathlib.Path, labels: pathlib.Path, prefix: int, post: int, rate: float, scenarios=SCENARIOS
+) -> None:
     from schemas.simulate import SimConfig, Simulator
     from schemas.specs import load_specs
 
     spec = load_specs(SPECS)["fraud"]
-    with path.open("wb") as fh:
+    with path.open("wb") as fh, labels.open("wb") as lh:
         for i, sc in enumerate(scenarios):
             cfg = SimConfig(
                 version=f"s{i}",
@@ -69,9 +74,12 @@ def write_stream(path: pathlib.Path, prefix: int, post: int, rate: float, scenar
                 drift_feature=sc.feature,
                 drift_shift=sc.shift,
                 drift_kind=sc.kind,
+                label_fraction=sc.label_fraction,
             )
             for line in Simulator(spec, cfg).lines():
                 fh.write(line.raw + b"\n")
+                if line.label is not None:
+                    lh.write(line.label + b"\n")
 
 
 def write_reference(refs: pathlib.Path, events: int = 20000) -> None:
@@ -88,7 +96,9 @@ def write_reference(refs: pathlib.Path, events: int = 20000) -> None:
     (refs / "fraud.json").write_bytes(orjson.dumps(build_reference(sample, spec, "*")))
 
 
-def run_replay(stream: pathlib.Path, refs: pathlib.Path, dsn: str, database: str, window_s: int) -> None:
+def run_replay(
+    stream: pathlib.Path, labels: pathlib.Path, refs: pathlib.Path, dsn: str, database: str, window_s: int
+) -> None:
     import apache_beam as beam
 
     from pipelines.options import AuditOptions
@@ -97,6 +107,7 @@ def run_replay(stream: pathlib.Path, refs: pathlib.Path, dsn: str, database: str
     opts = AuditOptions(
         [
             f"--input={stream}",
+            f"--labels_input={labels}",
             f"--clickhouse_dsn={dsn}",
             f"--clickhouse_database={database}",
             f"--model_specs={SPECS}",
@@ -133,9 +144,12 @@ def evaluate(
                 continue
             first = hits[0]
             if detector == "adwin":
-                index = orjson.loads(first[6])["index"]
-                # the alert comes once the change is measured on CONFIRM_EVENTS more values
-                delay_events = index - prefix + 1 + CONFIRM_EVENTS
+                # detection time -> events since the onset; the alert comes once the change is
+                # measured on CONFIRM_EVENTS more values of the series (labelled ones for errors)
+                per_value = 1.0 / sc.label_fraction if signal == "prediction.error" else 1.0
+                delay_events = (
+                    int(round((first[5] - onset_us) / 1e6 * rate)) + 1 + int(CONFIRM_EVENTS * per_value)
+                )
                 delay_windows = None
             else:
                 end = first[5]
@@ -179,15 +193,15 @@ def main(prefix: int = 105_000, post: int = 45_000, rate: float = 50.0, window_s
     os.environ.setdefault("PREDAUDIT_PII_KEY", "bench-key-0123456789abcdef")
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
-        stream, refs = root / "stream.jsonl", root / "refs"
-        write_stream(stream, prefix, post, rate)
+        stream, labels, refs = root / "stream.jsonl", root / "labels.jsonl", root / "refs"
+        write_stream(stream, labels, prefix, post, rate)
         write_reference(refs)
         dsn = f"chdb://{root / 'chdb'}"
         client = clickhouse_connect.get_client(dsn=dsn)
         client.command("CREATE DATABASE detection")
         create_clickhouse_tables(client, "detection")
         t0 = time.perf_counter()
-        run_replay(stream, refs, dsn, "detection", window_s)
+        run_replay(stream, labels, refs, dsn, "detection", window_s)
         seconds = time.perf_counter() - t0
         results, fa = evaluate(client, "detection", prefix, rate, window_s)
     n = (prefix + post) * len(SCENARIOS)

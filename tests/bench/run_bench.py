@@ -132,6 +132,9 @@ def main() -> None:
     print(f"predaudit bench ({pathlib.Path.cwd().name}), best of {REPEAT} runs per figure")
     bench_decode()
     bench_replay(int(os.environ.get("BENCH_EVENTS", "200000")))
+    from tests.bench.detection import main as detection
+
+    detection()
 
 
 if __name__ == "__main__":

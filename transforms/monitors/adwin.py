@@ -124,9 +124,11 @@ def series_values(
 
 def _detection_event(key: str, d: Detection, delta: float, start_us: int) -> dict:
     model, version, signal = key.split("\x00")
-    kind = {"prediction.score": "prediction_drift", "latency_ms": "latency_regression"}.get(
-        signal, "feature_drift"
-    )
+    kind = {
+        "prediction.score": "prediction_drift",
+        "latency_ms": "latency_regression",
+        "prediction.error": "concept_drift",
+    }.get(signal, "feature_drift")
     return anomaly_event(
         model=model,
         version=version,
@@ -238,12 +240,29 @@ class MonitorAdwin(beam.PTransform):
             for i, pc in enumerate(parts)
         ]
         merged = values[0] if len(values) == 1 else values | "AllSeries" >> beam.Flatten()
+        return merged | "Detect" >> AdwinDetect(self.settings, self.bounded)
+
+
+class AdwinDetect(beam.PTransform):
+    """(series key "model\x00version\x00signal", [(t_us, value), ...]) -> anomaly CloudEvents.
+
+    Replays: the whole series grouped and fed in event-time order. Streams: each series is
+    batched every 5 s of processing time and fed, event-time sorted within the batch, to the
+    detector kept in Beam state (one state read/write per key and batch). Values of a batch
+    that are older than values already fed are fed late: ADWIN sees arrival order across
+    batches, so out-of-order arrival beyond one batch blurs, but never drops, a change.
+    """
+
+    def __init__(self, settings: Mapping[str, AdwinSettings], bounded: bool) -> None:
+        super().__init__()
+        self.settings, self.bounded = dict(settings), bounded
+
+    def expand(self, series) -> beam.PCollection:
         if self.bounded:
-            grouped = merged | "GroupSeries" >> beam.GroupByKey()
+            grouped = series | "GroupSeries" >> beam.GroupByKey()
             return grouped | "Adwin" >> beam.FlatMap(_replay_series, self.settings)
-        # streams: batch each series every few seconds of processing time, then feed the state
         grouped = (
-            merged
+            series
             | "BatchEvery5s"
             >> beam.WindowInto(
                 window.GlobalWindows(),
