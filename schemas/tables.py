@@ -285,6 +285,37 @@ def clickhouse_dedup_view_ddl(table: Table, database: str = "audit") -> str:
     )
 
 
+def clickhouse_accuracy_view_ddl(database: str = "audit") -> str:
+    """Analyst view: accuracy / MAE per model, version and day over the full label join
+    (every label, however late; the latest label per prediction wins)."""
+    return (
+        f"CREATE VIEW IF NOT EXISTS `{database}`.`accuracy_full_join` AS "
+        "SELECT p.model_name AS model_name, p.model_version AS model_version, "
+        "toDate(p.event_time) AS day, count() AS labeled, "
+        "countIf(l.label = p.prediction_label) / count() AS accuracy, "
+        "avgIf(abs(l.label_numeric - p.prediction_value), "
+        "l.label_numeric IS NOT NULL AND p.prediction_value IS NOT NULL) AS mae "
+        f"FROM `{database}`.`predictions_dedup` AS p INNER JOIN ("
+        "SELECT event_id, argMax(label, label_time) AS label, argMax(label_numeric, label_time) AS label_numeric "
+        f"FROM `{database}`.`labels_dedup` GROUP BY event_id) AS l ON l.event_id = p.event_id "
+        "GROUP BY model_name, model_version, day"
+    )
+
+
+def bigquery_accuracy_view_sql(project: str, dataset: str) -> str:
+    """The same view in GoogleSQL."""
+    return (
+        "SELECT p.model_name, p.model_version, DATE(p.event_time) AS day, COUNT(*) AS labeled, "
+        "COUNTIF(l.label = p.prediction_label) / COUNT(*) AS accuracy, "
+        "AVG(ABS(l.label_numeric - p.prediction_value)) AS mae "
+        f"FROM `{project}.{dataset}.predictions_dedup` AS p JOIN ("
+        "SELECT event_id, label, label_numeric FROM (SELECT event_id, label, label_numeric, "
+        "ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY label_time DESC) AS _rn "
+        f"FROM `{project}.{dataset}.labels_dedup`) WHERE _rn = 1) AS l ON l.event_id = p.event_id "
+        "GROUP BY p.model_name, p.model_version, day"
+    )
+
+
 def _sql_str(text: str) -> str:
     return text.replace("\\", "\\\\").replace("'", "\\'")
 
@@ -296,6 +327,7 @@ def render_ddl(target: str, database: str = "audit", project: str = "my-project"
         for t in TABLES.values():
             parts.append(clickhouse_ddl(t, database, ttl_days))
         parts += [clickhouse_dedup_view_ddl(TABLES[n], database) for n in ("predictions", "labels")]
+        parts.append(clickhouse_accuracy_view_ddl(database))
         return ";\n\n".join(parts) + ";\n"
     if target == "bigquery":
         doc = {
@@ -303,7 +335,8 @@ def render_ddl(target: str, database: str = "audit", project: str = "my-project"
             "views": [
                 {"name": f"{n}_dedup", "query": bigquery_dedup_view_sql(TABLES[n], project, database)}
                 for n in ("predictions", "labels")
-            ],
+            ]
+            + [{"name": "accuracy_full_join", "query": bigquery_accuracy_view_sql(project, database)}],
         }
         return json.dumps(doc, indent=2) + "\n"
     raise ValueError(f"unknown target {target!r}: use bigquery or clickhouse")
@@ -316,6 +349,7 @@ def create_clickhouse_tables(client: Any, database: str = "audit", ttl_days: int
         client.command(clickhouse_ddl(t, database, ttl_days))
     for n in ("predictions", "labels"):
         client.command(clickhouse_dedup_view_ddl(TABLES[n], database))
+    client.command(clickhouse_accuracy_view_ddl(database))
 
 
 def create_bigquery_tables(client: Any, project: str, dataset: str, views: bool = True) -> None:
@@ -331,3 +365,6 @@ def create_bigquery_tables(client: Any, project: str, dataset: str, views: bool 
             view = bigquery.Table(f"{project}.{dataset}.{n}_dedup")
             view.view_query = bigquery_dedup_view_sql(TABLES[n], project, dataset)
             client.create_table(view, exists_ok=True)
+        view = bigquery.Table(f"{project}.{dataset}.accuracy_full_join")
+        view.view_query = bigquery_accuracy_view_sql(project, dataset)
+        client.create_table(view, exists_ok=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import apache_beam as beam
+import orjson
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
@@ -89,6 +90,19 @@ def test_replay_conserves_every_event_in_both_sinks(
         f"SELECT payload_text FROM `{ch_database}`.dead_letters WHERE error_code = 'invalid_json' AND payload_size = {len(some.raw)}"
     ).result_rows
     assert (some.raw.decode(),) in stored
+
+    # the analyst view joins every label to its prediction in SQL, in both sinks
+    labelled = [
+        (orjson.loads(ln.raw), orjson.loads(ln.label)) for ln in lines if ln.kind == "ok" and ln.label
+    ]
+    correct = sum(ev["prediction"]["label"] == lb["label"] for ev, lb in labelled)
+    ch = chdb_client.query(
+        f"SELECT sum(labeled), sum(accuracy * labeled) FROM `{ch_database}`.accuracy_full_join"
+    ).result_rows[0]
+    assert (ch[0], round(ch[1])) == (len(labelled), correct)
+    q = f"SELECT SUM(labeled) AS n, SUM(accuracy * labeled) AS c FROM `{BQ_PROJECT}.{bq_dataset}.accuracy_full_join`"
+    bq = next(iter(bq_client.query(q).result()))
+    assert (bq.n, round(bq.c)) == (len(labelled), correct)
 
     # replaying the same files again leaves one logical row per event_id
     replay(args)

@@ -58,7 +58,7 @@ def test_bigquery_tables_partitioning_clustering_views(bq_client, bq_dataset) ->
     create_bigquery_tables(bq_client, BQ_PROJECT, bq_dataset)
     create_bigquery_tables(bq_client, BQ_PROJECT, bq_dataset)  # idempotent
     names = {t.table_id for t in bq_client.list_tables(f"{BQ_PROJECT}.{bq_dataset}")}
-    assert names == set(TABLES) | {"predictions_dedup", "labels_dedup"}
+    assert names == set(TABLES) | {"predictions_dedup", "labels_dedup", "accuracy_full_join"}
     for table in TABLES.values():
         got = bq_client.get_table(f"{BQ_PROJECT}.{bq_dataset}.{table.name}")
         assert got.time_partitioning.field == table.time_column
