@@ -101,7 +101,9 @@ def cmd_simulate(args: argparse.Namespace, out: IO[str]) -> int:
         raise UsageError("--events must be >= 0 and fractions within [0, 1]")
     if args.drift_kind in ("mean", "variance") and (args.drift_at is None) != (args.drift_feature is None):
         raise UsageError(f"--drift-kind {args.drift_kind}: --drift-at and --drift-feature go together")
-    if args.drift_kind in ("score", "latency", "traffic", "concept") and (args.drift_at is None or args.drift_feature):
+    if args.drift_kind in ("score", "latency", "traffic", "concept") and (
+        args.drift_at is None or args.drift_feature
+    ):
         raise UsageError(f"--drift-kind {args.drift_kind} takes --drift-at and no --drift-feature")
     cfg = SimConfig(
         model=args.model,

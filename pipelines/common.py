@@ -25,8 +25,9 @@ def specs_from(opts) -> dict[str, ModelSpec]:
 
 def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None) -> dict:
     """Monitor outputs for WriteAudit: drift metrics and anomalies (windowed PSI/JS/L-inf,
-    rates, traffic, ADWIN, and with ``labels`` accuracy / MAE and concept drift), for the
-    models that have a reference; {} when none has one.
+    rates, traffic, ADWIN, and with ``labels`` accuracy / MAE and concept drift) for every
+    model with a spec: against its reference file, else against a warm-up baseline of its first
+    ``monitors.warmup_events`` rows per version; {} with ``--monitors=off``.
 
     ``rows``: a PCollection of rows or row batches, or several of them.
     """
@@ -37,13 +38,17 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
     from transforms.monitors.labels import JoinLabels, MonitorPerformance
     from transforms.monitors.reference import model_references
 
-    refs = model_references(specs, opts.references)
-    if not refs:
+    if opts.monitors == "off":
         return {}
-    drift = rows | "MonitorDrift" >> MonitorDrift(
-        refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s, bounded
+    refs = model_references(specs, opts.references)
+    warmup = {n: s for n, s in specs.items() if n not in refs}
+    if not refs and not warmup:
+        return {}
+    drift_monitor = MonitorDrift(
+        refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s, bounded, warmup
     )
-    monitored = {n: specs[n] for n in refs}
+    drift = rows | "MonitorDrift" >> drift_monitor
+    monitored = dict(specs)
     adwin = rows | "MonitorAdwin" >> MonitorAdwin(monitored, bounded)
     metrics, anomalies = [drift["drift_metrics"]], [drift["anomalies"], adwin]
     if labels is not None:
@@ -64,7 +69,7 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
         anomalies.append(
             perf["breaches"]
             | "PerformanceGlobal" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
-            | "AlertPerformance" >> beam.ParDo(_AlertFn(refs))
+            | "AlertPerformance" >> beam.ParDo(_AlertFn(drift_monitor.settings))
         )
         settings = MonitorAdwin(monitored, bounded).settings
         anomalies.append(

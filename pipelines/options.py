@@ -49,6 +49,12 @@ class AuditOptions(PipelineOptions):
             help="folder of <model>.json drift references (predaudit reference build)",
         )
         a(
+            "--monitors",
+            default="on",
+            choices=["on", "off"],
+            help="drift/performance monitors: on (against references, else warm-up baselines) or off",
+        )
+        a(
             "--monitor_window_s",
             type=int,
             default=300,
@@ -103,6 +109,8 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         and not opts.references.startswith("gs://")
     ):
         raise OptionsError(f"--references={opts.references!r}: no such folder")
+    if opts.monitors not in ("on", "off"):
+        raise OptionsError(f"--monitors={opts.monitors!r}: use on or off")
     if opts.monitor_window_s <= 0 or opts.monitor_allowed_lateness_s < 0:
         raise OptionsError("--monitor_window_s must be > 0 and --monitor_allowed_lateness_s >= 0")
     if opts.dedup_horizon_s <= 0 or opts.sink_batch_size <= 0 or opts.sink_max_attempts <= 0:

@@ -35,7 +35,7 @@ def replay(path: str, specs: str, references: str = "") -> int:
     client = clickhouse_connect.get_client(dsn=f"chdb://{chdb}")
     create_clickhouse_tables(client, "audit")
     args = [f"--input={path}", f"--clickhouse_dsn=chdb://{chdb}", f"--model_specs={specs}"]
-    opts = AuditOptions(args + ([f"--references={references}"] if references else []))
+    opts = AuditOptions(args + ([f"--references={references}"] if references else ["--monitors=off"]))
     with beam.Pipeline(options=opts) as p:
         build(p, opts)
     return int(client.command("SELECT count() FROM audit.predictions"))

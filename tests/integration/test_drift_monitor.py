@@ -123,3 +123,38 @@ def test_latency_regression_flagged_in_the_first_full_window(
     ).result_rows
     assert ("latency_over_slo", "latency", "critical", "predaudit.anomaly.latency_regression") in alerts
     assert not [a for a in alerts if a[1] in ("threshold", "quality")]
+
+
+def test_a_model_without_reference_is_monitored_after_its_warmup(
+    tmp_path, chdb_path, chdb_client, ch_database
+) -> None:
+    create_clickhouse_tables(chdb_client, ch_database)
+    stream = tmp_path / "stream.jsonl"
+    args = ["--events", "20000", "--seed", "4", "--drift-at", "15000", "--drift-feature", "amount"]
+    assert main(["simulate", *args, "--out", str(stream)], io.StringIO()) == 0
+    opts = AuditOptions(
+        [
+            f"--input={stream}",
+            f"--clickhouse_dsn=chdb://{chdb_path}",
+            f"--clickhouse_database={ch_database}",
+            f"--model_specs={SPECS}",
+            "--monitor_window_s=60",
+        ]
+    )
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts)
+    rows = chdb_client.query(
+        f"SELECT toUnixTimestamp(window_start), sample_size, status, reference_id FROM `{ch_database}`.drift_metrics"
+        " FINAL WHERE signal = 'amount' AND metric = 'psi' ORDER BY window_start"
+    ).result_rows
+    start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
+    # the first 2,000 events (40 s) are the baseline: the first window holds only the 1,000 after them
+    assert rows[0][:2] == (start, 1000)
+    assert {r[3] for r in rows} == {"fraud@2026-02-15"}
+    onset = start + 15000 // 50
+    assert all(r[2] in ("ok", "insufficient") for r in rows if r[0] + 60 <= onset)
+    assert [r[2] for r in rows if r[0] >= onset][0] in ("warning", "critical")
+    anomalies = chdb_client.query(
+        f"SELECT toUnixTimestamp(window_end), signal, detector, statistic FROM `{ch_database}`.anomalies WHERE severity != 'resolved'"
+    ).result_rows
+    assert anomalies and all(a[0] >= onset for a in anomalies), anomalies  # whole seconds

@@ -138,53 +138,112 @@ class _BinFn(beam.DoFn):
     window per batch; each partial is stamped with an event time inside its window.
     """
 
-    def __init__(self, references: Mapping[str, ModelReference], window_s: int) -> None:
-        self.references, self.window_us = dict(references), window_s * 1_000_000
+    def __init__(self, references: Mapping[str, ModelReference], window_s: int, skip: frozenset[str]) -> None:
+        self.references, self.window_us, self.skip = dict(references), window_s * 1_000_000, skip
 
     def process(self, element) -> Iterator[Any]:
         batch = isinstance(element, list)
-        partial: dict[tuple, list] = {}
-        for row in element if batch else (element,):
-            ref = self.references.get(row["model_name"])
-            if ref is None or not ref.applies_to(row["model_version"]):
-                counter("monitor_rows_without_reference").inc()
-                continue
-            t = row["event_time"]
-            acc = partial.setdefault(
-                ((row["model_name"], row["model_version"]), t // self.window_us), [0, {}, t]
-            )
-            acc[0] += 1
-            acc[2] = max(acc[2], t)
-            counts = acc[1]
-            for rate, hit in rate_hits(row, ref.settings):
-                per = counts.setdefault(rate, {})
-                per[hit] = per.get(hit, 0) + 1
-            for signal, b in signal_bins(row, ref).items():
-                per = counts.setdefault(signal, {})
-                per[b] = per.get(b, 0) + 1
-        for (key, _), (n, counts, t) in partial.items():
-            value = (key, (n, counts))
+        rows = element if batch else (element,)
+        if self.skip:  # warm-up models are binned by _WarmupFn
+            rows = [r for r in rows if r["model_name"] not in self.skip]
+        for key, (n, counts, t) in bin_rows(rows, self.references.get, self.window_us):
+            value = (key, (n, counts, None))
             yield TimestampedValue(value, t / 1e6) if batch else value
 
 
-class _SumBins(beam.CombineFn):
-    """Merges partial counts: (events, {signal: {bin: count}})."""
+def bin_rows(rows, reference_for, window_us: int) -> Iterator[tuple[tuple[str, str], tuple[int, dict, int]]]:
+    """Partial counts per (model, version) and window: ((model, version), (n, counts, last t))."""
+    partial: dict[tuple, list] = {}
+    for row in rows:
+        ref = reference_for(row["model_name"])
+        if ref is None or not ref.applies_to(row["model_version"]):
+            counter("monitor_rows_without_reference").inc()
+            continue
+        t = row["event_time"]
+        acc = partial.setdefault(((row["model_name"], row["model_version"]), t // window_us), [0, {}, t])
+        acc[0] += 1
+        acc[2] = max(acc[2], t)
+        counts = acc[1]
+        for rate, hit in rate_hits(row, ref.settings):
+            per = counts.setdefault(rate, {})
+            per[hit] = per.get(hit, 0) + 1
+        for signal, b in signal_bins(row, ref).items():
+            per = counts.setdefault(signal, {})
+            per[b] = per.get(b, 0) + 1
+    for (key, _), (n, counts, t) in partial.items():
+        yield key, (n, counts, t)
 
-    def create_accumulator(self) -> tuple[int, dict[str, dict[int, int]]]:
-        return 0, {}
+
+#: row fields the warm-up baseline keeps
+_WARMUP_FIELDS = ("features", "prediction_score", "prediction_value", "prediction_label", "latency_ms")
+
+
+class _WarmupFn(beam.DoFn):
+    """Models without a reference file: the first N valid rows per version (in arrival order)
+    become its baseline; later rows are binned against it (the baseline travels with the
+    partial counts, so the window statistics need no side input)."""
+
+    ROWS = ReadModifyWriteStateSpec("rows", PickleCoder())
+    REF = ReadModifyWriteStateSpec("ref", PickleCoder())
+
+    def __init__(
+        self, specs: Mapping[str, Any], settings: Mapping[str, DriftSettings], window_s: int
+    ) -> None:
+        self.specs, self.settings, self.window_us = dict(specs), dict(settings), window_s * 1_000_000
+
+    def process(self, element, rows_state=beam.DoFn.StateParam(ROWS), ref_state=beam.DoFn.StateParam(REF)):
+        from transforms.monitors.reference import warmup_reference
+
+        key, rows = element
+        model, version = key.split("\x00")
+        ref = ref_state.read()
+        if ref is None:
+            spec = self.specs[model]
+            n_warmup = spec.monitors.warmup_events
+            buf = rows_state.read() or []
+            take = rows[: max(n_warmup - len(buf), 0)]
+            buf.extend({f: r.get(f) for f in _WARMUP_FIELDS} for r in take)
+            counter("monitor_rows_in_warmup").inc(len(take))
+            rows = rows[len(take) :]
+            if len(buf) < n_warmup:
+                rows_state.write(buf)
+                return
+            signals = warmup_reference(buf, spec, version, bins=spec.monitors.psi.bins)
+            ref = ModelReference(model, version, signals, self.settings[model])
+            ref_state.write(ref)
+            rows_state.clear()
+            counter("warmup_baselines_built").inc()
+        for k, (n, counts, t) in bin_rows(rows, lambda _: ref, self.window_us):
+            yield TimestampedValue((k, (n, counts, ref)), t / 1e6)
+
+
+def _warmup_keys(element, models: frozenset[str]) -> Iterator[tuple[str, list]]:
+    per: dict[str, list] = {}
+    for row in element if isinstance(element, list) else (element,):
+        if row["model_name"] in models:
+            per.setdefault(f"{row['model_name']}\x00{row['model_version']}", []).append(row)
+    yield from per.items()
+
+
+class _SumBins(beam.CombineFn):
+    """Merges partial counts: (events, {signal: {bin: count}}, warm-up reference or None)."""
+
+    def create_accumulator(self) -> tuple[int, dict[str, dict[int, int]], Any]:
+        return 0, {}, None
 
     def add_input(self, acc, partial):
         return self.merge_accumulators([acc, partial])
 
     def merge_accumulators(self, accs):
-        n, out = 0, {}
-        for m, counts in accs:
+        n, out, ref = 0, {}, None
+        for m, counts, r in accs:
             n += m
+            ref = ref or r  # a warm-up baseline, the same in every partial of the key
             for signal, per in counts.items():
                 dst = out.setdefault(signal, {})
                 for b, c in per.items():
                     dst[b] = dst.get(b, 0) + c
-        return n, out
+        return n, out, ref
 
     def extract_output(self, acc):
         return acc
@@ -297,8 +356,8 @@ class _WindowStatsFn(beam.DoFn):
         self.references = dict(references)
 
     def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
-        (model, version), (n, counts) = element
-        ref = self.references[model]
+        (model, version), (n, counts, baseline) = element
+        ref = baseline or self.references[model]
         start, end = _utc(win.start), _utc(win.end)
         counter("monitor_windows").inc()
         for row, breach in window_metrics(model, version, n, counts, ref, start, end):
@@ -316,14 +375,14 @@ class _AlertFn(beam.DoFn):
 
     STATE = ReadModifyWriteStateSpec("alert", PickleCoder())
 
-    def __init__(self, references: Mapping[str, ModelReference]) -> None:
-        self.references = dict(references)
+    def __init__(self, settings: Mapping[str, DriftSettings]) -> None:
+        self.settings = dict(settings)
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)) -> Iterator[dict]:
         series, ((level, value, threshold, ref_summary, cur_summary), start, end, size) = element
         model, version, signal, detector = series.split("\x00")
         st: AlertState = state.read() or AlertState()
-        cooldown = dt.timedelta(seconds=self.references[model].settings.cooldown_s)
+        cooldown = dt.timedelta(seconds=self.settings[model].cooldown_s)
         emit = st.update(level, end, cooldown)
         state.write(st)
         if emit is None:
@@ -347,7 +406,7 @@ class _AlertFn(beam.DoFn):
 
 class _TrafficCountFn(beam.DoFn):
     def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
-        (model, version), (n, _) = element
+        (model, version), (n, _, _) = element
         yield f"{model}\x00{version}", (to_micros(_utc(win.start)), n)
 
 
@@ -361,11 +420,11 @@ class _TrafficFn(beam.DoFn):
     STATE = ReadModifyWriteStateSpec("traffic", PickleCoder())
     TIMER = TimerSpec("silent", TimeDomain.WATERMARK)
 
-    def __init__(self, references: Mapping[str, ModelReference], window_s: int, bounded: bool) -> None:
-        self.references, self.window_us, self.bounded = dict(references), window_s * 1_000_000, bounded
+    def __init__(self, settings: Mapping[str, DriftSettings], window_s: int, bounded: bool) -> None:
+        self.settings, self.window_us, self.bounded = dict(settings), window_s * 1_000_000, bounded
 
     def _settings(self, model: str) -> TrafficSettings:
-        s = self.references[model].settings
+        s = self.settings[model]
         return TrafficSettings(warning=s.traffic[0], critical=s.traffic[1], min_sample_size=s.min_sample_size)
 
     def process(
@@ -437,9 +496,16 @@ class MonitorDrift(beam.PTransform):
         window_s: int = 300,
         allowed_lateness_s: int = 600,
         bounded: bool = False,
+        warmup: Mapping[str, Any] | None = None,
     ) -> None:
+        """``warmup``: model name -> ModelSpec for models without a reference file."""
         super().__init__()
         self.bounded = bounded
+        self.warmup = dict(warmup or {})
+        from transforms.monitors.reference import drift_settings
+
+        self.settings = {n: r.settings for n, r in references.items()}
+        self.settings.update({n: drift_settings(spec) for n, spec in self.warmup.items()})
         if window_s <= 0 or allowed_lateness_s < 0:
             raise ValueError("monitor window must be > 0 s and allowed lateness >= 0 s")
         self.references, self.window_s, self.allowed_lateness_s = (
@@ -453,8 +519,17 @@ class MonitorDrift(beam.PTransform):
         Flatten never forces full rows to be materialized between stages)."""
         parts = rows if isinstance(rows, tuple | list) else (rows,)
         binned = [
-            pc | f"Bin{i}" >> beam.ParDo(_BinFn(self.references, self.window_s)) for i, pc in enumerate(parts)
+            pc | f"Bin{i}" >> beam.ParDo(_BinFn(self.references, self.window_s, frozenset(self.warmup)))
+            for i, pc in enumerate(parts)
         ]
+        if self.warmup:
+            models = frozenset(self.warmup)
+            binned += [
+                pc
+                | f"WarmupKeys{i}" >> beam.FlatMap(_warmup_keys, models)
+                | f"Warmup{i}" >> beam.ParDo(_WarmupFn(self.warmup, self.settings, self.window_s))
+                for i, pc in enumerate(parts)
+            ]
         if len(binned) > 1:
             binned = [binned | "AllBinned" >> beam.Flatten()]
         windowed = (
@@ -476,11 +551,11 @@ class MonitorDrift(beam.PTransform):
             windowed
             | "TrafficCounts" >> beam.ParDo(_TrafficCountFn())
             | "TrafficGlobal" >> beam.WindowInto(window.GlobalWindows())
-            | "Traffic" >> beam.ParDo(_TrafficFn(self.references, self.window_s, self.bounded))
+            | "Traffic" >> beam.ParDo(_TrafficFn(self.settings, self.window_s, self.bounded))
         )
         anomalies = (
             (stats.breaches | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()), traffic)
             | "AllBreaches" >> beam.Flatten()
-            | "Alert" >> beam.ParDo(_AlertFn(self.references))
+            | "Alert" >> beam.ParDo(_AlertFn(self.settings))
         )
         return {DRIFT_METRICS: stats[DRIFT_METRICS], ANOMALIES: anomalies}

@@ -82,9 +82,9 @@ def load_reference(doc: dict) -> dict[str, Reference]:
 def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -> dict[str, Any]:
     """The reference per model: ``<references_dir>/<model>.json`` or the spec's ``monitors.reference``.
 
-    Models without a reference are not drift-monitored (a warm-up baseline is not built yet).
+    Models without one are monitored against a warm-up baseline (``transforms.monitors.drift``).
     """
-    from transforms.monitors.drift import DriftSettings, ModelReference
+    from transforms.monitors.drift import ModelReference
 
     out = {}
     for name, spec in specs.items():
@@ -97,19 +97,69 @@ def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -
         doc = orjson.loads(path.read_bytes())
         if doc.get("model") != name:
             raise ValueError(f"{path}: reference is for model {doc.get('model')!r}, not {name!r}")
-        m = spec.monitors
-        settings = DriftSettings(
-            m.min_sample_size,
-            m.psi.epsilon,
-            m.psi.warning,
-            m.psi.critical,
-            float(m.cooldown_seconds),
-            m.latency_slo_ms,
-            tuple(
-                (k, getattr(m, k).warning, getattr(m, k).critical)
-                for k in ("latency_over_slo", "error_rate", "quality_issue_rate")
-            ),
-            (m.traffic_drop.warning, m.traffic_drop.critical),
-        )
-        out[name] = ModelReference(name, doc["version"], load_reference(doc), settings)
+        out[name] = ModelReference(name, doc["version"], load_reference(doc), drift_settings(spec))
     return out
+
+
+def drift_settings(spec: ModelSpec) -> Any:
+    """The monitors' thresholds from a spec's ``monitors`` section."""
+    from transforms.monitors.drift import DriftSettings
+
+    m = spec.monitors
+    return DriftSettings(
+        m.min_sample_size,
+        m.psi.epsilon,
+        m.psi.warning,
+        m.psi.critical,
+        float(m.cooldown_seconds),
+        m.latency_slo_ms,
+        tuple(
+            (k, getattr(m, k).warning, getattr(m, k).critical)
+            for k in ("latency_over_slo", "error_rate", "quality_issue_rate")
+        ),
+        (m.traffic_drop.warning, m.traffic_drop.critical),
+    )
+
+
+def row_signal_values(row: Mapping[str, Any], spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
+    """``signal_values`` for an audit row (what the warm-up baseline sees).
+
+    >>> from schemas.specs import parse_spec
+    >>> spec = parse_spec("name: m\\nfeatures: [{name: a, type: numeric}, {name: c, type: categorical}]")
+    >>> sorted(row_signal_values({"features": '{"a": 1.5, "c": "x"}', "prediction_score": 0.2,
+    ...     "prediction_value": None, "prediction_label": None, "latency_ms": 3.0}, spec))
+    [('a', 'numeric', 1.5), ('c', 'categorical', 'x'), ('latency_ms', 'numeric', 3.0), ('prediction.score', 'numeric', 0.2)]
+    """
+    features = orjson.loads(row["features"])
+    for f in spec.features:
+        v = features.get(f.name)
+        if v is None:
+            continue
+        if f.type == "numeric" and v.__class__ in (float, int):
+            yield f.name, "numeric", v
+        elif f.type == "categorical":
+            yield f.name, "categorical", v
+    for signal, col, kind in (
+        ("prediction.score", "prediction_score", "numeric"),
+        ("prediction.value", "prediction_value", "numeric"),
+        ("prediction.label", "prediction_label", "categorical"),
+        ("latency_ms", "latency_ms", "numeric"),
+    ):
+        if row.get(col) is not None:
+            yield signal, kind, row[col]
+
+
+def warmup_reference(
+    rows: Iterable[Mapping[str, Any]], spec: ModelSpec, version: str, bins: int = 10, top_k: int = 20
+) -> dict[str, Reference]:
+    """A reference from the first rows of a version (the warm-up baseline)."""
+    values: dict[str, list] = defaultdict(list)
+    kinds: dict[str, str] = {}
+    for row in rows:
+        for signal, kind, v in row_signal_values(row, spec):
+            values[signal].append(v)
+            kinds[signal] = kind
+    return {
+        s: numeric_reference(v, bins) if kinds[s] == "numeric" else categorical_reference(v, top_k)
+        for s, v in sorted(values.items())
+    }
