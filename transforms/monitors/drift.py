@@ -487,6 +487,17 @@ def anomaly_row(event: dict) -> dict:
     }
 
 
+def monitor_windows(window_s: int, allowed_lateness_s: int) -> beam.WindowInto:
+    """The monitors' event-time windows: fire at the watermark, then late rows within the
+    allowed lateness re-fire a window at most every LATE_FIRING_DELAY_S (accumulating)."""
+    return beam.WindowInto(
+        window.FixedWindows(window_s),
+        trigger=trigger.AfterWatermark(late=trigger.AfterProcessingTime(LATE_FIRING_DELAY_S)),
+        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
+        allowed_lateness=allowed_lateness_s,
+    )
+
+
 class MonitorDrift(beam.PTransform):
     """Audit rows (event-time stamped) or row batches -> {"drift_metrics": rows, "anomalies": CloudEvents}."""
 
@@ -534,14 +545,7 @@ class MonitorDrift(beam.PTransform):
             binned = [binned | "AllBinned" >> beam.Flatten()]
         windowed = (
             binned[0]
-            | "Window"
-            >> beam.WindowInto(
-                window.FixedWindows(self.window_s),
-                # late rows re-fire the window at most every LATE_FIRING_DELAY_S (accumulating)
-                trigger=trigger.AfterWatermark(late=trigger.AfterProcessingTime(LATE_FIRING_DELAY_S)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
-            )
+            | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s)
             | "Count" >> beam.CombinePerKey(_SumBins())
         )
         stats = windowed | "Stats" >> beam.ParDo(_WindowStatsFn(self.references)).with_outputs(

@@ -22,7 +22,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.coders import PickleCoder
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
@@ -256,18 +256,12 @@ class MonitorPerformance(beam.PTransform):
         self.window_s, self.allowed_lateness_s = window_s, allowed_lateness_s
 
     def expand(self, outcomes) -> dict[str, beam.PCollection]:
-        from transforms.monitors.drift import DRIFT_METRICS, LATE_FIRING_DELAY_S
+        from transforms.monitors.drift import DRIFT_METRICS, monitor_windows
 
         stats = (
             outcomes
             | "Key" >> beam.Map(lambda o: ((o[0], o[1]), (1, o[3], o[3] * o[3])))
-            | "Window"
-            >> beam.WindowInto(
-                window.FixedWindows(self.window_s),
-                trigger=trigger.AfterWatermark(late=trigger.AfterProcessingTime(LATE_FIRING_DELAY_S)),
-                accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-                allowed_lateness=self.allowed_lateness_s,
-            )
+            | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s)
             | "Sum" >> beam.CombinePerKey(_sum3)
             | "Metrics" >> beam.ParDo(_PerformanceFn(*self.args)).with_outputs(DRIFT_METRICS, main="breaches")
         )

@@ -21,9 +21,7 @@ from transforms.monitors.stats import Reference, categorical_reference, numeric_
 FORMAT = "predaudit.reference/v1"
 
 
-def signal_values(ev: Any, spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
-    """(signal, kind, value) for one decoded PredictionEvent; missing values are skipped."""
-    features = ev.features
+def _feature_values(features: Mapping[str, Any], spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
     for f in spec.features:
         v = features.get(f.name)
         if v is None:
@@ -32,6 +30,11 @@ def signal_values(ev: Any, spec: ModelSpec) -> Iterable[tuple[str, str, object]]
             yield f.name, "numeric", v
         elif f.type == "categorical":
             yield f.name, "categorical", v
+
+
+def signal_values(ev: Any, spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
+    """(signal, kind, value) for one decoded PredictionEvent; missing values are skipped."""
+    yield from _feature_values(ev.features, spec)
     pred = ev.prediction
     if pred.score is not None:
         yield "prediction.score", "numeric", pred.score
@@ -130,15 +133,7 @@ def row_signal_values(row: Mapping[str, Any], spec: ModelSpec) -> Iterable[tuple
     ...     "prediction_value": None, "prediction_label": None, "latency_ms": 3.0}, spec))
     [('a', 'numeric', 1.5), ('c', 'categorical', 'x'), ('latency_ms', 'numeric', 3.0), ('prediction.score', 'numeric', 0.2)]
     """
-    features = orjson.loads(row["features"])
-    for f in spec.features:
-        v = features.get(f.name)
-        if v is None:
-            continue
-        if f.type == "numeric" and v.__class__ in (float, int):
-            yield f.name, "numeric", v
-        elif f.type == "categorical":
-            yield f.name, "categorical", v
+    yield from _feature_values(orjson.loads(row["features"]), spec)
     for signal, col, kind in (
         ("prediction.score", "prediction_score", "numeric"),
         ("prediction.value", "prediction_value", "numeric"),
