@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "aiohttp>=3.9",
     "prometheus-client>=0.20",
     "cloudevents>=1.11,<2",
+    "uvloop>=0.19; sys_platform != 'win32'",  # the sidecar's event loop (asyncio's otherwise)
 ]
 
 DEV_REQUIRES = [

@@ -45,7 +45,12 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
     if not refs and not warmup:
         return {}
     drift_monitor = MonitorDrift(
-        refs, opts.monitor_window_s, opts.monitor_allowed_lateness_s, bounded, warmup
+        refs,
+        opts.monitor_window_s,
+        opts.monitor_allowed_lateness_s,
+        bounded,
+        warmup,
+        opts.monitor_window_period_s,
     )
     drift = rows | "MonitorDrift" >> drift_monitor
     monitored = dict(specs)
@@ -64,6 +69,7 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
             {n: s.monitors.min_labeled for n, s in monitored.items()},
             opts.monitor_window_s,
             opts.monitor_allowed_lateness_s,
+            opts.monitor_window_period_s,
         )
         metrics.append(perf["drift_metrics"])
         anomalies.append(

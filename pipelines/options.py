@@ -61,6 +61,12 @@ class AuditOptions(PipelineOptions):
             help="event-time window of the drift monitors (seconds)",
         )
         a(
+            "--monitor_window_period_s",
+            type=int,
+            default=0,
+            help="sliding monitor windows starting every N seconds (0 = fixed windows)",
+        )
+        a(
             "--monitor_allowed_lateness_s",
             type=int,
             default=600,
@@ -113,6 +119,11 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         raise OptionsError(f"--monitors={opts.monitors!r}: use on or off")
     if opts.monitor_window_s <= 0 or opts.monitor_allowed_lateness_s < 0:
         raise OptionsError("--monitor_window_s must be > 0 and --monitor_allowed_lateness_s >= 0")
+    period = opts.monitor_window_period_s
+    if period < 0 or (period and (period >= opts.monitor_window_s or opts.monitor_window_s % period)):
+        raise OptionsError(
+            f"--monitor_window_period_s={period}: 0 (fixed windows) or a divisor of --monitor_window_s below it"
+        )
     if opts.dedup_horizon_s <= 0 or opts.sink_batch_size <= 0 or opts.sink_max_attempts <= 0:
         raise OptionsError("--dedup_horizon_s, --sink_batch_size and --sink_max_attempts must be > 0")
     if mode == "streaming":

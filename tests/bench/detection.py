@@ -138,7 +138,10 @@ def evaluate(
         false_alarms[sc.name] = len(early)
         details.extend((sc.name, r[1], r[2], r[3], r[6][:120]) for r in early)
         for signal, detector in sc.targets:
-            hits = sorted(r for r in mine if r[1] == signal and r[2] == detector and r[5] > onset_us)
+            hits = sorted(
+                (r for r in mine if r[1] == signal and r[2] == detector and r[5] > onset_us),
+                key=lambda r: r[5],
+            )
             if not hits:
                 results.append(Result(sc, signal, detector, False, None, None))
                 continue

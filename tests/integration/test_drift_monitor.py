@@ -158,3 +158,32 @@ def test_a_model_without_reference_is_monitored_after_its_warmup(
         f"SELECT toUnixTimestamp(window_end), signal, detector, statistic FROM `{ch_database}`.anomalies WHERE severity != 'resolved'"
     ).result_rows
     assert anomalies and all(a[0] >= onset for a in anomalies), anomalies  # whole seconds
+
+
+def test_sliding_windows_start_every_period(tmp_path, chdb_path, chdb_client, ch_database) -> None:
+    create_clickhouse_tables(chdb_client, ch_database)
+    refs = reference_dir(tmp_path, events=3000)
+    stream = tmp_path / "stream.jsonl"
+    assert main(["simulate", "--events", "9000", "--seed", "5", "--out", str(stream)], io.StringIO()) == 0
+    opts = AuditOptions(
+        [
+            f"--input={stream}",
+            f"--clickhouse_dsn=chdb://{chdb_path}",
+            f"--clickhouse_database={ch_database}",
+            f"--model_specs={SPECS}",
+            f"--references={refs}",
+            "--monitor_window_s=60",
+            "--monitor_window_period_s=30",
+        ]
+    )
+    with beam.Pipeline(options=opts) as p:
+        build(p, opts)
+    rows = chdb_client.query(
+        f"SELECT toUnixTimestamp(window_start), toUnixTimestamp(window_end), value FROM `{ch_database}`.drift_metrics"
+        " FINAL WHERE signal = 'events' ORDER BY window_start"
+    ).result_rows
+    start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
+    # 9,000 events at 50/s = 180 s: windows of 60 s every 30 s, from -30 s to 150 s
+    assert [r[0] - start for r in rows] == [-30, 0, 30, 60, 90, 120, 150]
+    assert all(r[1] - r[0] == 60 for r in rows)
+    assert [r[2] for r in rows] == [1500.0, 3000.0, 3000.0, 3000.0, 3000.0, 3000.0, 1500.0]

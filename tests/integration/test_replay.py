@@ -141,6 +141,7 @@ def test_replay_counts_and_dedup_in_pipeline(tmp_path, chdb_path, chdb_client, c
     ("args", "fragment"),
     [
         (["--input=x", "--sinks=bq"], "--sinks"),
+        (["--input=x", "--monitor_window_s=60", "--monitor_window_period_s=45"], "--monitor_window_period_s"),
         (["--input=x", "--sinks=bigquery"], "--bq_project"),
         (["--input=x", "--clickhouse_dsn=tcp://x"], "--clickhouse_dsn"),
         (["--input=x", "--model_specs=/nope"], "--model_specs"),

@@ -138,8 +138,9 @@ class _BinFn(beam.DoFn):
     window per batch; each partial is stamped with an event time inside its window.
     """
 
-    def __init__(self, references: Mapping[str, ModelReference], window_s: int, skip: frozenset[str]) -> None:
-        self.references, self.window_us, self.skip = dict(references), window_s * 1_000_000, skip
+    def __init__(self, references: Mapping[str, ModelReference], bucket_s: int, skip: frozenset[str]) -> None:
+        # bucket = the window, or the period of sliding windows: a bucket lies in one set of windows
+        self.references, self.window_us, self.skip = dict(references), bucket_s * 1_000_000, skip
 
     def process(self, element) -> Iterator[Any]:
         batch = isinstance(element, list)
@@ -187,9 +188,9 @@ class _WarmupFn(beam.DoFn):
     REF = ReadModifyWriteStateSpec("ref", PickleCoder())
 
     def __init__(
-        self, specs: Mapping[str, Any], settings: Mapping[str, DriftSettings], window_s: int
+        self, specs: Mapping[str, Any], settings: Mapping[str, DriftSettings], bucket_s: int
     ) -> None:
-        self.specs, self.settings, self.window_us = dict(specs), dict(settings), window_s * 1_000_000
+        self.specs, self.settings, self.window_us = dict(specs), dict(settings), bucket_s * 1_000_000
 
     def process(self, element, rows_state=beam.DoFn.StateParam(ROWS), ref_state=beam.DoFn.StateParam(REF)):
         from transforms.monitors.reference import warmup_reference
@@ -420,8 +421,11 @@ class _TrafficFn(beam.DoFn):
     STATE = ReadModifyWriteStateSpec("traffic", PickleCoder())
     TIMER = TimerSpec("silent", TimeDomain.WATERMARK)
 
-    def __init__(self, settings: Mapping[str, DriftSettings], window_s: int, bounded: bool) -> None:
+    def __init__(
+        self, settings: Mapping[str, DriftSettings], window_s: int, step_s: int, bounded: bool
+    ) -> None:
         self.settings, self.window_us, self.bounded = dict(settings), window_s * 1_000_000, bounded
+        self.step_us = step_s * 1_000_000  # windows start every step (= the size unless sliding)
 
     def _settings(self, model: str) -> TrafficSettings:
         s = self.settings[model]
@@ -434,10 +438,10 @@ class _TrafficFn(beam.DoFn):
         model, version = key.split("\x00")
         st: TrafficState = state.read() or TrafficState()
         s = self._settings(model)
-        verdicts = observe(st, start_us, n, self.window_us, s)
+        verdicts = observe(st, start_us, n, self.step_us, s)
         state.write(st)
         if verdicts and not self.bounded:  # bounded: the final watermark would fire every timer
-            timer.set(Timestamp(micros=st.last_start_us + 2 * self.window_us))
+            timer.set(Timestamp(micros=st.last_start_us + self.step_us + self.window_us))
         yield from traffic_breaches(model, version, verdicts, self.window_us, s)
 
     @on_timer(TIMER)
@@ -449,12 +453,12 @@ class _TrafficFn(beam.DoFn):
         if st.last_start_us is None:
             return
         s = self._settings(model)
-        verdict = silent_window(st, st.last_start_us + self.window_us, s)
+        verdict = silent_window(st, st.last_start_us + self.step_us, s)
         st.silent_streak += 1
         state.write(st)
         counter("monitor_silent_windows").inc()
         if st.silent_streak < MAX_SILENT_WINDOWS:
-            timer.set(Timestamp(micros=st.last_start_us + 2 * self.window_us))
+            timer.set(Timestamp(micros=st.last_start_us + self.step_us + self.window_us))
         yield from traffic_breaches(model, version, [verdict] if verdict else [], self.window_us, s)
 
 
@@ -487,11 +491,12 @@ def anomaly_row(event: dict) -> dict:
     }
 
 
-def monitor_windows(window_s: int, allowed_lateness_s: int) -> beam.WindowInto:
-    """The monitors' event-time windows: fire at the watermark, then late rows within the
-    allowed lateness re-fire a window at most every LATE_FIRING_DELAY_S (accumulating)."""
+def monitor_windows(window_s: int, allowed_lateness_s: int, period_s: int = 0) -> beam.WindowInto:
+    """The monitors' event-time windows (fixed, or sliding every ``period_s``): fire at the
+    watermark, then late rows within the allowed lateness re-fire a window at most every
+    LATE_FIRING_DELAY_S (accumulating)."""
     return beam.WindowInto(
-        window.FixedWindows(window_s),
+        window.SlidingWindows(window_s, period_s) if period_s else window.FixedWindows(window_s),
         trigger=trigger.AfterWatermark(late=trigger.AfterProcessingTime(LATE_FIRING_DELAY_S)),
         accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
         allowed_lateness=allowed_lateness_s,
@@ -508,9 +513,15 @@ class MonitorDrift(beam.PTransform):
         allowed_lateness_s: int = 600,
         bounded: bool = False,
         warmup: Mapping[str, Any] | None = None,
+        period_s: int = 0,
     ) -> None:
-        """``warmup``: model name -> ModelSpec for models without a reference file."""
+        """``warmup``: model name -> ModelSpec for models without a reference file;
+        ``period_s``: sliding windows starting every period (0 = fixed windows)."""
         super().__init__()
+        if period_s and (period_s >= window_s or window_s % period_s):
+            raise ValueError("a sliding period must divide the window and be shorter than it")
+        self.period_s = period_s
+        self.step_s = period_s or window_s
         self.bounded = bounded
         self.warmup = dict(warmup or {})
         from transforms.monitors.reference import drift_settings
@@ -530,7 +541,7 @@ class MonitorDrift(beam.PTransform):
         Flatten never forces full rows to be materialized between stages)."""
         parts = rows if isinstance(rows, tuple | list) else (rows,)
         binned = [
-            pc | f"Bin{i}" >> beam.ParDo(_BinFn(self.references, self.window_s, frozenset(self.warmup)))
+            pc | f"Bin{i}" >> beam.ParDo(_BinFn(self.references, self.step_s, frozenset(self.warmup)))
             for i, pc in enumerate(parts)
         ]
         if self.warmup:
@@ -538,14 +549,14 @@ class MonitorDrift(beam.PTransform):
             binned += [
                 pc
                 | f"WarmupKeys{i}" >> beam.FlatMap(_warmup_keys, models)
-                | f"Warmup{i}" >> beam.ParDo(_WarmupFn(self.warmup, self.settings, self.window_s))
+                | f"Warmup{i}" >> beam.ParDo(_WarmupFn(self.warmup, self.settings, self.step_s))
                 for i, pc in enumerate(parts)
             ]
         if len(binned) > 1:
             binned = [binned | "AllBinned" >> beam.Flatten()]
         windowed = (
             binned[0]
-            | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s)
+            | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s, self.period_s)
             | "Count" >> beam.CombinePerKey(_SumBins())
         )
         stats = windowed | "Stats" >> beam.ParDo(_WindowStatsFn(self.references)).with_outputs(
@@ -555,7 +566,7 @@ class MonitorDrift(beam.PTransform):
             windowed
             | "TrafficCounts" >> beam.ParDo(_TrafficCountFn())
             | "TrafficGlobal" >> beam.WindowInto(window.GlobalWindows())
-            | "Traffic" >> beam.ParDo(_TrafficFn(self.settings, self.window_s, self.bounded))
+            | "Traffic" >> beam.ParDo(_TrafficFn(self.settings, self.window_s, self.step_s, self.bounded))
         )
         anomalies = (
             (stats.breaches | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()), traffic)

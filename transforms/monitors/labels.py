@@ -250,10 +250,12 @@ def _sum3(values) -> tuple[int, float, float]:
 class MonitorPerformance(beam.PTransform):
     """Outcomes -> {"drift_metrics": accuracy / MAE / RMSE rows, "breaches": alert inputs}."""
 
-    def __init__(self, tasks, accuracy_min, min_labeled, window_s: int, allowed_lateness_s: int) -> None:
+    def __init__(
+        self, tasks, accuracy_min, min_labeled, window_s: int, allowed_lateness_s: int, period_s: int = 0
+    ) -> None:
         super().__init__()
         self.args = (dict(tasks), dict(accuracy_min), dict(min_labeled), window_s)
-        self.window_s, self.allowed_lateness_s = window_s, allowed_lateness_s
+        self.window_s, self.allowed_lateness_s, self.period_s = window_s, allowed_lateness_s, period_s
 
     def expand(self, outcomes) -> dict[str, beam.PCollection]:
         from transforms.monitors.drift import DRIFT_METRICS, monitor_windows
@@ -261,7 +263,7 @@ class MonitorPerformance(beam.PTransform):
         stats = (
             outcomes
             | "Key" >> beam.Map(lambda o: ((o[0], o[1]), (1, o[3], o[3] * o[3])))
-            | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s)
+            | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s, self.period_s)
             | "Sum" >> beam.CombinePerKey(_sum3)
             | "Metrics" >> beam.ParDo(_PerformanceFn(*self.args)).with_outputs(DRIFT_METRICS, main="breaches")
         )
