@@ -30,7 +30,16 @@ def now_iso() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
 
 
+PII_MARKER = "pii-marker-7f3a@example.com"
+
+
 def prediction(model: str = "fraud", i: int = 0) -> dict[str, Any]:
+    ev = _prediction(model, i)
+    ev["features"]["email"] = PII_MARKER  # must never reach a log line
+    return ev
+
+
+def _prediction(model: str, i: int) -> dict[str, Any]:
     return event(
         event_id=f"{model}-{i:06d}-{uuid.uuid4().hex[:8]}",
         event_time=now_iso(),
@@ -454,6 +463,13 @@ def test_sigkill_loses_no_acknowledged_event(bus: Bus, pubsub_emulator, tmp_path
         proc = sidecar_process(bus, spool, port, proxy.address, tmp_path / "sidecar.log")
         got = bus.pull(want=len(acked), timeout=60, quiet=1.0)
         assert_all_delivered_in_order(acked, got)
+        # a malformed request is rejected with its code; neither it nor any payload is logged
+        bad = requests.post(
+            f"http://127.0.0.1:{port}/v1/predictions", data=b'{"email": "' + PII_MARKER.encode(), timeout=5
+        )
+        assert bad.status_code == 400
+        log_text = (tmp_path / "sidecar.log").read_text()
+        assert "listening on" in log_text and PII_MARKER not in log_text
     finally:
         proc.kill()
         proc.wait(10)
