@@ -395,6 +395,7 @@ class Sidecar:
         sys.setswitchinterval(0.0005)
         self.start()
         gc.freeze()
+        gc.set_threshold(50_000, 20, 20)  # requests allocate much and keep little: fewer gen-0 passes
         log.info(
             "predaudit sidecar listening on %s:%d (spool %s)", self.cfg.host, self.port, self.cfg.spool_dir
         )

@@ -241,6 +241,9 @@ def main() -> int:
             published = m.get('predaudit_sidecar_published_total{kind="prediction"}', 0)
             lag50 = hist_quantile(m, "predaudit_sidecar_publish_lag_seconds", 0.5)
             lag99 = hist_quantile(m, "predaudit_sidecar_publish_lag_seconds", 0.99)
+            handling = {k: v for k, v in m.items() if 'route="/v1/predictions"' in k}
+            serve50 = hist_quantile(handling, "predaudit_sidecar_request_seconds", 0.5)
+            serve99 = hist_quantile(handling, "predaudit_sidecar_request_seconds", 0.99)
 
             steps = []
             for rate in (5000, 10000, 15000, 20000, 30000):
@@ -270,6 +273,7 @@ def main() -> int:
     print(f"{'requests':34}{main_run['requests']:>14,}{baseline['requests']:>26,}")
     print(f"{'accept latency p50 (ms)':34}{main_run['p50_ms']:>14.2f}{baseline['p50_ms']:>26.2f}")
     print(f"{'accept latency p99 (ms)':34}{main_run['p99_ms']:>14.2f}{baseline['p99_ms']:>26.2f}")
+    print(f"{'in-handler time p50 / p99 (ms, <=)':34}{serve50 * 1000:>8.1f} /{serve99 * 1000:>4.1f}")
     print(
         f"{'non-202 responses':34}{sum(main_run['errors'].values()):>14}{sum(baseline['errors'].values()):>26}"
     )
