@@ -35,7 +35,7 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
 
     from transforms.monitors.adwin import AdwinDetect, MonitorAdwin
     from transforms.monitors.drift import MonitorDrift, _AlertFn
-    from transforms.monitors.labels import JoinLabels, MonitorPerformance
+    from transforms.monitors.labels import JoinLabels, MonitorPerformance, performance_limits
     from transforms.monitors.reference import model_references
 
     if opts.monitors == "off":
@@ -65,7 +65,10 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
         )
         perf = outcomes | "MonitorPerformance" >> MonitorPerformance(
             {n: s.task for n, s in monitored.items()},
-            {n: s.monitors.accuracy_min for n, s in monitored.items() if s.monitors.accuracy_min is not None},
+            {
+                n: performance_limits(s.monitors.accuracy_min, s.monitors.mae_max)
+                for n, s in monitored.items()
+            },
             {n: s.monitors.min_labeled for n, s in monitored.items()},
             opts.monitor_window_s,
             opts.monitor_allowed_lateness_s,

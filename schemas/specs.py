@@ -89,6 +89,8 @@ class MonitorSettings(msgspec.Struct, forbid_unknown_fields=True):
     #: window count / median of recent windows at or below which traffic "dropped"
     traffic_drop: RateThresholds = msgspec.field(default_factory=lambda: RateThresholds(0.3, 0.1))
     accuracy_min: float | None = None
+    #: regression: per-window mean absolute error above which to alert (critical at 1.5x)
+    mae_max: float | None = None
     #: labelled predictions a window needs before its accuracy is judged
     min_labeled: int = 100
     label_join_horizon_seconds: int = 3600

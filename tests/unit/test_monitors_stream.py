@@ -97,3 +97,36 @@ def test_labels_join_within_the_horizon_in_a_stream() -> None:
         preds, labels = p | stream | beam.Partition(lambda e, n: 0 if "prediction_label" in e else 1, 2)
         out = (preds, labels) | JoinLabels({"m": "classification"}, {"m": 3600}, bounded=False)
         assert_that(out | beam.Map(lambda o: (o[2] // 1_000_000 - T0, o[3])), equal_to([(0, 0.0), (1, 1.0)]))
+
+
+def test_regression_windows_get_mae_rmse_and_alert_above_mae_max() -> None:
+    from transforms.monitors.labels import MonitorPerformance, performance_limits
+
+    # window 0: errors 1.0 (MAE 1), window 1: errors 4.0 (MAE 4 > 1.5 x 2: critical)
+    outcomes = [TimestampedValue(("r", "1", int((T0 + k) * 1e6), 1.0), T0 + k) for k in range(0, 50)]
+    outcomes += [
+        TimestampedValue(("r", "1", int((T0 + 60 + k) * 1e6), 4.0), T0 + 60 + k) for k in range(0, 50)
+    ]
+    with beam.Pipeline() as p:
+        out = (
+            p
+            | beam.Create(outcomes)
+            | MonitorPerformance({"r": "regression"}, {"r": performance_limits(None, 2.0)}, {"r": 10}, 60, 0)
+        )
+        metrics = out["drift_metrics"] | beam.Map(
+            lambda r: (r["window_start"] // 1_000_000 - T0, r["metric"], r["value"], r["status"])
+        )
+        assert_that(
+            metrics,
+            equal_to(
+                [
+                    (0, "mae", 1.0, "ok"),
+                    (0, "rmse", 1.0, "ok"),
+                    (60, "mae", 4.0, "critical"),
+                    (60, "rmse", 4.0, "ok"),
+                ]
+            ),
+            label="metrics",
+        )
+        levels = out["breaches"] | beam.Map(lambda b: (b[0].split("\x00")[2], b[1][0][0]))
+        assert_that(levels, equal_to([("mae", None), ("mae", "critical")]), label="breaches")

@@ -3,7 +3,7 @@
 Each joined prediction becomes an *outcome*: an error indicator (classification: the label
 differs from ``prediction.label``) or an absolute error (regression). Outcomes feed (1)
 per event-time window (of the prediction) accuracy or MAE/RMSE, recorded in ``drift_metrics``
-and alerted below the spec's ``accuracy_min``, and (2) ADWIN on the per-event error: the
+and alerted below the spec's ``accuracy_min`` (or above ``mae_max``), and (2) ADWIN on the per-event error: the
 concept-drift detector (signal ``prediction.error``).
 
 Streams: a stateful DoFn per event_id keeps whichever side came first, and an event-time timer
@@ -203,9 +203,25 @@ def performance_metrics(task: str, n: int, total: float, total_sq: float) -> dic
     return {"accuracy": 1.0 - total / n}
 
 
+def performance_limits(
+    accuracy_min: float | None, mae_max: float | None
+) -> dict[str, tuple[float, float, bool]]:
+    """metric -> (warning, critical, higher_is_worse) from a spec's floors and ceilings.
+
+    >>> performance_limits(0.8, 2.0)
+    {'accuracy': (0.8, 0.7000000000000001, False), 'mae': (2.0, 3.0, True)}
+    """
+    out = {}
+    if accuracy_min is not None:
+        out["accuracy"] = (accuracy_min, accuracy_min - 0.1, False)
+    if mae_max is not None:
+        out["mae"] = (mae_max, 1.5 * mae_max, True)
+    return out
+
+
 class _PerformanceFn(beam.DoFn):
-    def __init__(self, tasks, accuracy_min, min_labeled, window_s) -> None:
-        self.tasks, self.accuracy_min, self.min_labeled = dict(tasks), dict(accuracy_min), dict(min_labeled)
+    def __init__(self, tasks, limits, min_labeled, window_s) -> None:
+        self.tasks, self.limits, self.min_labeled = dict(tasks), dict(limits), dict(min_labeled)
         self.window_s = window_s
 
     def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
@@ -215,21 +231,20 @@ class _PerformanceFn(beam.DoFn):
         start = from_micros(int(win.start.micros))
         end = start + dt.timedelta(seconds=self.window_s)
         enough = n >= self.min_labeled.get(model, 100)
-        floor = self.accuracy_min.get(model)
+        limits = self.limits.get(model, {})
         for metric, value in performance_metrics(
             self.tasks.get(model, "classification"), n, total, total_sq
         ).items():
-            level = None
-            if metric == "accuracy" and floor is not None and enough:
-                level = severity(value, floor, floor - 0.1, higher_is_worse=False)
+            limit = limits.get(metric)
+            level = severity(value, *limit) if limit and enough else None
             status = "insufficient" if not enough else (level or "ok")
             row = _metric_row(model, version, metric, metric, value, n, status, _Ref(model), start, end)
             yield beam.pvalue.TaggedOutput(DRIFT_METRICS, row)
-            if metric == "accuracy" and floor is not None and enough:
-                threshold = floor - 0.1 if level == "critical" else floor
+            if limit and enough:
+                threshold = limit[1] if level == "critical" else limit[0]
                 yield (
-                    f"{model}\x00{version}\x00accuracy\x00accuracy",
-                    ((level, value, threshold, {"accuracy_min": floor}, {"accuracy": value}), start, end, n),
+                    f"{model}\x00{version}\x00{metric}\x00accuracy",
+                    ((level, value, threshold, {"limit": limit[0]}, {metric: value}), start, end, n),
                 )
 
 
@@ -251,10 +266,11 @@ class MonitorPerformance(beam.PTransform):
     """Outcomes -> {"drift_metrics": accuracy / MAE / RMSE rows, "breaches": alert inputs}."""
 
     def __init__(
-        self, tasks, accuracy_min, min_labeled, window_s: int, allowed_lateness_s: int, period_s: int = 0
+        self, tasks, limits, min_labeled, window_s: int, allowed_lateness_s: int, period_s: int = 0
     ) -> None:
+        """``limits``: model -> ``performance_limits(...)``."""
         super().__init__()
-        self.args = (dict(tasks), dict(accuracy_min), dict(min_labeled), window_s)
+        self.args = (dict(tasks), dict(limits), dict(min_labeled), window_s)
         self.window_s, self.allowed_lateness_s, self.period_s = window_s, allowed_lateness_s, period_s
 
     def expand(self, outcomes) -> dict[str, beam.PCollection]:
