@@ -179,6 +179,18 @@ def hist_quantile(m: dict[str, float], name: str, q: float) -> float:
     return float("inf")
 
 
+def drain_subscription(sub, subscription: str, quiet_s: float = 3.0) -> int:
+    """Pull (and ack) until the subscription stays empty for ``quiet_s``; the message count."""
+    n, idle_since = 0, time.monotonic()
+    while time.monotonic() - idle_since < quiet_s:
+        resp = sub.pull(subscription=subscription, max_messages=1000, timeout=5)
+        if resp.received_messages:
+            sub.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in resp.received_messages])
+            n += len(resp.received_messages)
+            idle_since = time.monotonic()
+    return n
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rate", type=int, default=5000)
@@ -261,6 +273,7 @@ def main() -> int:
             )
             time.sleep(1)
             m2 = metrics(base)
+            received = drain_subscription(sub, f"projects/{PROJECT}/subscriptions/audit")
         finally:
             proc.terminate()
             proc.wait(30)
@@ -292,7 +305,11 @@ def main() -> int:
     print(f"maximum sustainable rate (>=95% accepted, p99 <= 50 ms, no errors): {sustainable:,} ev/s")
     total_acc = m2.get('predaudit_sidecar_accepted_total{kind="prediction"}', 0)
     total_pub = m2.get('predaudit_sidecar_published_total{kind="prediction"}', 0)
-    print(f"after the step test: accepted {total_acc:,.0f}, published {total_pub:,.0f}")
+    print(
+        f"after the step test: accepted {total_acc:,.0f}, published {total_pub:,.0f},"
+        f" pulled from the emulator's subscription {received:,}"
+        f" -> {'OK' if received >= total_pub == total_acc else 'MISMATCH'}"
+    )
     print(
         f"targets: p99 < 5 ms at {args.rate}/s -> {'MET' if main_run['p99_ms'] < 5 else 'MISSED'}; zero loss -> {'MET' if ok else 'MISSED'}"
     )
