@@ -29,16 +29,18 @@ def reference_dir(tmp_path: pathlib.Path, events: int) -> pathlib.Path:
     return refs
 
 
-def replay(stream: pathlib.Path, refs: pathlib.Path, chdb_path, database: str) -> None:
-    """The replay pipeline with monitors (300 s windows) into the test's ClickHouse database."""
+def replay(stream: pathlib.Path, refs: pathlib.Path | None, chdb_path, database: str, *extra: str) -> None:
+    """The replay pipeline with monitors (300 s windows unless ``extra`` says otherwise) into
+    the test's ClickHouse database; ``refs=None``: warm-up baselines."""
     opts = AuditOptions(
         [
             f"--input={stream}",
             f"--clickhouse_dsn=chdb://{chdb_path}",
             f"--clickhouse_database={database}",
             f"--model_specs={SPECS}",
-            f"--references={refs}",
+            *([f"--references={refs}"] if refs else []),
             "--monitor_window_s=300",
+            *extra,
         ]
     )
     with beam.Pipeline(options=opts) as p:
@@ -132,17 +134,7 @@ def test_a_model_without_reference_is_monitored_after_its_warmup(
     stream = tmp_path / "stream.jsonl"
     args = ["--events", "20000", "--seed", "4", "--drift-at", "15000", "--drift-feature", "amount"]
     assert main(["simulate", *args, "--out", str(stream)], io.StringIO()) == 0
-    opts = AuditOptions(
-        [
-            f"--input={stream}",
-            f"--clickhouse_dsn=chdb://{chdb_path}",
-            f"--clickhouse_database={ch_database}",
-            f"--model_specs={SPECS}",
-            "--monitor_window_s=60",
-        ]
-    )
-    with beam.Pipeline(options=opts) as p:
-        build(p, opts)
+    replay(stream, None, chdb_path, ch_database, "--monitor_window_s=60")
     rows = chdb_client.query(
         f"SELECT toUnixTimestamp(window_start), sample_size, status, reference_id FROM `{ch_database}`.drift_metrics"
         " FINAL WHERE signal = 'amount' AND metric = 'psi' ORDER BY window_start"
@@ -165,19 +157,7 @@ def test_sliding_windows_start_every_period(tmp_path, chdb_path, chdb_client, ch
     refs = reference_dir(tmp_path, events=3000)
     stream = tmp_path / "stream.jsonl"
     assert main(["simulate", "--events", "9000", "--seed", "5", "--out", str(stream)], io.StringIO()) == 0
-    opts = AuditOptions(
-        [
-            f"--input={stream}",
-            f"--clickhouse_dsn=chdb://{chdb_path}",
-            f"--clickhouse_database={ch_database}",
-            f"--model_specs={SPECS}",
-            f"--references={refs}",
-            "--monitor_window_s=60",
-            "--monitor_window_period_s=30",
-        ]
-    )
-    with beam.Pipeline(options=opts) as p:
-        build(p, opts)
+    replay(stream, refs, chdb_path, ch_database, "--monitor_window_s=60", "--monitor_window_period_s=30")
     rows = chdb_client.query(
         f"SELECT toUnixTimestamp(window_start), toUnixTimestamp(window_end), value FROM `{ch_database}`.drift_metrics"
         " FINAL WHERE signal = 'events' ORDER BY window_start"
