@@ -16,6 +16,7 @@ modes differ only for a machine crash or power loss.
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import os
 import pathlib
@@ -35,7 +36,11 @@ class SpoolFull(Exception):
     """The spool holds ``max_bytes`` of unpublished events; the caller should answer 503."""
 
 
-class SpoolCorrupt(Exception):
+class SpoolLocked(ValueError):
+    """Another live process holds the spool directory."""
+
+
+class SpoolCorrupt(ValueError):
     """A whole record failed its checksum in the middle of a segment (disk damage)."""
 
 
@@ -78,7 +83,10 @@ def parse_frames(buf: bytes, base: int, segment: int) -> tuple[list[Record], int
             break
         body = buf[start : start + length]
         if zlib.crc32(body) != crc:
-            raise SpoolCorrupt(f"segment {segment}: bad checksum at offset {base + pos}")
+            raise SpoolCorrupt(
+                f"segment {segment}: bad checksum at offset {base + pos}; move that segment file aside"
+                " (its records after the damage are lost to this sidecar) and start again"
+            )
         kind, key, data, attrs, ts = msgspec.msgpack.decode(body)
         pos = start + length
         out.append(Record(segment, base + pos, kind, key, data, attrs, ts))
@@ -121,6 +129,15 @@ class Spool:
             raise ValueError(f"fsync must be one of {FSYNC_MODES}, not {fsync!r}")
         self.root = pathlib.Path(directory)
         self.root.mkdir(parents=True, exist_ok=True)
+        # one process per spool: a second writer would interleave records and race the cursor
+        self._lock_fd = os.open(self.root / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            raise SpoolLocked(
+                f"{self.root} is in use by another sidecar process; give each sidecar its own --spool-dir"
+            ) from None
         self.max_bytes, self.fsync_mode, self.segment_bytes = max_bytes, fsync, segment_bytes
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -349,3 +366,4 @@ class Spool:
             cb()
         if self._fsync_thread:
             self._fsync_thread.join(5)
+        os.close(self._lock_fd)  # releases the flock

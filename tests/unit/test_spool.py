@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from sidecar.spool import Spool, SpoolCorrupt, SpoolFull
+from sidecar.spool import Spool, SpoolCorrupt, SpoolFull, SpoolLocked
 
 
 def rec(i: int, size: int = 10) -> tuple[str, str, bytes, dict[str, str], float]:
@@ -98,3 +98,11 @@ def test_fsync_always_waits_for_the_disk(tmp_path: pathlib.Path) -> None:
 def test_bad_fsync_mode_is_refused(tmp_path: pathlib.Path) -> None:
     with pytest.raises(ValueError, match="fsync must be one of"):
         Spool(tmp_path, fsync="sometimes")
+
+
+def test_a_spool_directory_has_one_owner(tmp_path: pathlib.Path) -> None:
+    s = Spool(tmp_path, fsync="never")
+    with pytest.raises(SpoolLocked, match="in use by another sidecar process"):
+        Spool(tmp_path, fsync="never")
+    s.close()
+    Spool(tmp_path, fsync="never").close()  # free again once the owner closed (or died)
