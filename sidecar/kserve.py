@@ -11,6 +11,12 @@ half yields the same ids). A half whose pair did not arrive within the TTL is st
 flagged in ``metadata.predaudit_unpaired`` (``request``: ``status`` ``error`` and the sentinel
 label ``"<no response>"``; ``response``: no features).
 
+The expiry sweep never stops on one bad half: a lone half whose body cannot be mapped, or
+whose event breaks the contract, is reported once as a rejection (with its code) and
+forgotten; a half the spool cannot take right now (full, disk error) stays pending and is
+retried on the next pass; other halves are swept either way (``Joiner.expire``,
+``run_sweeper``).
+
 Mapping file (YAML)::
 
     ttl_s: 30
@@ -26,8 +32,10 @@ Mapping file (YAML)::
 
 from __future__ import annotations
 
+import asyncio
 import datetime as _dt
 import json
+import logging
 import os
 import pathlib
 import time
@@ -38,6 +46,10 @@ from typing import Any, Literal
 import msgspec
 import orjson
 import yaml
+
+from schemas import EventValidationError
+
+log = logging.getLogger("predaudit.sidecar")
 
 REQUEST_TYPE = "org.kubeflow.serving.inference.request"
 RESPONSE_TYPE = "org.kubeflow.serving.inference.response"
@@ -55,6 +67,7 @@ class KServeError(ValueError):
         "kserve_bad_body": "Send a V1 (instances/predictions) or V2 (inputs/outputs) JSON body.",
         "kserve_shape_mismatch": "Make the mapping's `features` list match the model's input width.",
         "kserve_not_configured": "Start the sidecar with --kserve-mapping FILE to accept KServe CloudEvents.",
+        "kserve_internal_error": "A predaudit bug mapping this body: report it with the sidecar's log line.",
     }
 
     def __init__(self, code: str, message: str) -> None:
@@ -217,6 +230,9 @@ def _prediction(x: Any, out: OutputMap) -> dict[str, Any]:
     return {out.field: x}
 
 
+Rejection = KServeError | EventValidationError
+
+
 # -- joining ---------------------------------------------------------------------------------
 class Half(msgspec.Struct):
     """One logged CloudEvent, as kept until its pair arrives (and journaled for restarts)."""
@@ -331,6 +347,9 @@ class Joiner:
         self._pending: dict[str, Half] = {}
         self._path = pathlib.Path(journal_dir) / "kserve-pending.journal"
         self._done_lines = 0
+        self._last_warning = -60.0
+        #: halves ``emit`` could not take in a sweep (each is retried on the next pass)
+        self.retry_errors = 0
         self._load()
         self._journal = open(self._path, "ab")
 
@@ -391,26 +410,81 @@ class Joiner:
         self._done_lines += 1
         if self._done_lines > 10000 and self._done_lines > 4 * len(self._pending):
             self._journal.close()
-            self._compact()
-            self._journal = open(self._path, "ab")
+            try:
+                self._compact()
+            finally:  # a failed compaction keeps the old journal, still appendable
+                self._journal = open(self._path, "ab")
 
-    def expire(self, now: float | None = None) -> list[tuple[str, KServeError | None]]:
-        """Emit halves older than the TTL, flagged as unpaired; returns (half, error) per half."""
+    def expire(self, now: float | None = None) -> list[tuple[str, Rejection | None]]:
+        """Emit halves older than the TTL, flagged as unpaired; returns (half, error) per half done.
+
+        Never raises, so one bad half cannot stop the sweeper. A half whose events cannot be
+        built or break the contract is done with its error (a ``KServeError`` or
+        ``EventValidationError``, both with a ``code``): it was acknowledged, so it is reported
+        as a rejection, not retried. A half ``emit`` cannot take now (spool full, disk error)
+        stays pending for the next pass, logged at most once a minute; the others go on.
+        """
         now = time.time() if now is None else now
-        out: list[tuple[str, KServeError | None]] = []
+        out: list[tuple[str, Rejection | None]] = []
         for key, half in list(self._pending.items()):
             if now - half.arrived_at < self.mapping.ttl_s:
                 continue
-            err = None
+            err: Rejection | None = None
             try:
                 req, resp = (half, None) if half.half == "request" else (None, half)
-                self.emit(build_events(self.mapping, req, resp))
+                events = build_events(self.mapping, req, resp)
             except KServeError as exc:  # body unmappable: it was accepted, so it is reported, not retried
                 err = exc
+            except Exception as exc:  # noqa: BLE001 (a mapping bug must not stop the sweeper: reported)
+                err = KServeError("kserve_internal_error", f"{type(exc).__name__} mapping the {half.half}")
+            if err is None:
+                try:
+                    self.emit(events)
+                except (KServeError, EventValidationError) as exc:  # breaks the contract: a rejection
+                    err = exc
+                except Exception as exc:  # noqa: BLE001 (kept pending and retried: nothing dropped)
+                    self.retry_errors += 1
+                    self._warn(
+                        f"unpaired KServe {half.half} not spooled yet ({type(exc).__name__}: {exc}); retrying"
+                    )
+                    continue
             del self._pending[key]
-            self._mark_done(key)
+            try:
+                self._mark_done(key)
+            except (OSError, ValueError) as exc:  # journal not writable: a restart re-emits the same ids
+                self._warn(f"KServe journal not writable ({exc}); a restart may re-emit {half.half} halves")
             out.append((half.half, err))
         return out
 
+    def _warn(self, message: str) -> None:
+        mono = time.monotonic()
+        if mono - self._last_warning >= 60.0:
+            self._last_warning = mono
+            log.warning("%s", message)
+
     def close(self) -> None:
         self._journal.close()
+
+
+async def run_sweeper(
+    joiner: Joiner,
+    report: Callable[[str, Rejection | None], None],
+    interval_s: float | None = None,
+) -> None:
+    """Expire lone halves forever (until cancelled); ``report(half, error)`` per half done.
+
+    A pass that raises (in ``report`` too) is logged at most once a minute and the loop goes
+    on: a dead sweeper would silently stop every later lone half from being published.
+    """
+    interval = interval_s if interval_s is not None else min(1.0, joiner.mapping.ttl_s / 4)
+    last_warning = -60.0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            for half, err in joiner.expire():
+                report(half, err)
+        except Exception as exc:  # logged (with the traceback); the next pass retries
+            mono = time.monotonic()
+            if mono - last_warning >= 60.0:
+                last_warning = mono
+                log.exception("KServe sweep pass failed (%s); the sweeper goes on", type(exc).__name__)
