@@ -81,7 +81,8 @@ class _Types:
             return msgspec.defstruct(
                 "Prediction",
                 [
-                    ("label", Union[text, ClassId, float, None], None),  # noqa: UP007
+                    # bool: binary classifiers and KServe V2 BOOL outputs (stored as "true"/"false")
+                    ("label", Union[text, ClassId, float, bool, None], None),  # noqa: UP007
                     ("score", Union[float, None], None),  # noqa: UP007
                     ("scores", Union[scores, None], None),  # noqa: UP007
                     ("value", Union[float, None], None),  # noqa: UP007
@@ -121,7 +122,7 @@ class _Types:
                 ("schema_version", str),
                 ("event_id", str),
                 ("label_time", str),
-                ("label", Union[text, ClassId, float]),  # noqa: UP007
+                ("label", Union[text, ClassId, float, bool]),  # noqa: UP007
                 ("model", Union[model, None], None),  # noqa: UP007
             ],
             forbid_unknown_fields=True,

@@ -42,6 +42,69 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
+def label_text(label: str | int | float | bool) -> str:
+    """A class label as stored: strings as they are, numbers and booleans as JSON text.
+
+    Predictions and labels use this one rendering, so the label join and the SQL accuracy
+    views compare like with like (``true`` from a binary classifier meets ``true``).
+
+    >>> label_text("fraud"), label_text(True), label_text(False), label_text(3), label_text(2.5)
+    ('fraud', 'true', 'false', '3', '2.5')
+    """
+    return label if isinstance(label, str) else orjson.dumps(label).decode()
+
+
+#: Row fields that describe the delivery, not the prediction: two copies of one event that
+#: differ only here are the same content (a redelivery, a replayed line, re-serialised JSON).
+INGEST_FIELDS = frozenset(
+    {
+        "ingest_time",
+        "message_id",
+        "publish_time",
+        "payload_sha256",
+        "attributes",
+        "source_file",
+        "pipeline_version",
+        "quality_issues",  # derived from the features by this pipeline's spec
+        "row_sha256",
+    }
+)
+#: Row fields that hold JSON text: compared by value (key order and spacing do not matter).
+JSON_FIELDS = frozenset({"features", "prediction_scores", "metadata", "extensions"})
+
+
+def canonical_content(row: dict[str, Any]) -> bytes:
+    """The canonical content of an audit row: what a duplicate must share with the first copy.
+
+    Every field of the event as the row holds it (identity, event/label time in microseconds,
+    model version, features after PII rules, prediction, latency, status, metadata,
+    extensions, label) except ``INGEST_FIELDS``; JSON-text fields are parsed, and all keys
+    sorted. So re-serialised or reordered JSON, another time-zone offset for the same
+    instant, a redelivery or a replay have the same content; a different score does not.
+
+    >>> a = {"event_id": "e1", "features": '{"x": 1.0, "y": "a"}', "prediction_score": 0.9,
+    ...      "ingest_time": 1, "payload_sha256": "aa"}
+    >>> b = {**a, "features": '{"y":"a","x":1.0}', "ingest_time": 2, "payload_sha256": "bb"}
+    >>> canonical_content(a) == canonical_content(b)
+    True
+    >>> canonical_content(a) == canonical_content({**a, "prediction_score": 0.8})
+    False
+    >>> canonical_content(a)
+    b'{"event_id":"e1","features":{"x":1.0,"y":"a"},"prediction_score":0.9}'
+    """
+    doc = {
+        k: (orjson.loads(v) if k in JSON_FIELDS and isinstance(v, str) else v)
+        for k, v in row.items()
+        if k not in INGEST_FIELDS
+    }
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)
+
+
+def content_sha256(row: dict[str, Any]) -> str:
+    """sha256 (hex) of ``canonical_content(row)``: what the dedup state keeps per identity."""
+    return hashlib.sha256(canonical_content(row)).hexdigest()
+
+
 def prediction_row(
     ev: Any,
     event_time: dt.datetime,
@@ -73,7 +136,7 @@ def prediction_row(
         "schema_version": ev.schema_version,
         "request_id": ev.request_id,
         "features": orjson.dumps(features).decode(),
-        "prediction_label": None if label is None else str(label),
+        "prediction_label": None if label is None else label_text(label),
         "prediction_score": pred.score,
         "prediction_scores": _json(pred.scores),
         "prediction_value": pred.value,
@@ -114,7 +177,7 @@ def label_row(
     return {
         "event_id": ev.event_id,
         "label_time": to_micros(label_time),
-        "label": label if isinstance(label, str) else orjson.dumps(label).decode(),
+        "label": label_text(label),
         "label_numeric": numeric,
         "model_name": ev.model.name if ev.model is not None else None,
         "model_version": ev.model.version if ev.model is not None else None,

@@ -228,6 +228,31 @@ def test_label_events() -> None:
         assert info.value.code == code
 
 
+def test_boolean_labels_are_classes_true_and_false() -> None:
+    """Binary classifiers / KServe V2 BOOL: ``"label": true`` is a class, stored as "true"."""
+    import datetime as dt
+
+    from schemas import Decoders
+    from transforms.rows import label_row, prediction_row
+
+    now = dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc)
+    dec = Decoders()
+    for value, text in ((True, "true"), (False, "false")):
+        payload = raw(event(prediction={"label": value, "score": 0.7}))
+        ev, ts = dec.prediction(payload)
+        assert ev.prediction.label is value
+        assert prediction_row(ev, ts, payload, ingest_time=now)["prediction_label"] == text
+        lbl = orjson.dumps(
+            {"schema_version": "1", "event_id": "evt-00000001", "label_time": "2026-01-01T00:00:00Z", "label": value}
+        )
+        lev, lts = dec.label(lbl)
+        row = label_row(lev, lts, lbl, ingest_time=now)
+        assert (row["label"], row["label_numeric"]) == (text, None)
+    # a 1 is still the integer class "1", not true
+    ev, ts = dec.prediction(raw(event(prediction={"label": 1})))
+    assert prediction_row(ev, ts, b"", ingest_time=now)["prediction_label"] == "1"
+
+
 def test_error_is_an_actionable_value() -> None:
     with pytest.raises(EventValidationError) as info:
         decode_prediction(raw(event(event_id="x")))

@@ -108,9 +108,11 @@ good_feature = st.one_of(st.none(), st.booleans(), number, small_text, st.lists(
 bad_feature = st.one_of(
     st.lists(json_scalar, min_size=1, max_size=3), st.dictionaries(small_text, json_scalar, max_size=2)
 )
-good_label = st.one_of(small_text, st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6))
+# booleans are class labels (binary classifiers, KServe V2 BOOL outputs) in both contracts
+good_label = st.one_of(small_text, st.integers(-(10**6), 10**6), st.floats(-1e6, 1e6), st.booleans())
 bad_label = st.one_of(
-    st.booleans(), st.lists(st.integers(), max_size=2), st.dictionaries(small_text, st.integers(), max_size=1)
+    st.lists(st.one_of(st.integers(), st.booleans()), max_size=2),
+    st.dictionaries(small_text, st.integers(), max_size=1),
 )
 good_model = st.fixed_dictionaries(
     {"name": st.text(min_size=1, max_size=NAME_MAX), "version": st.text(min_size=1, max_size=12)}
@@ -281,3 +283,16 @@ def test_corpus_holds_both_valid_and_invalid_events() -> None:
     assert ok(find(events(), ok))
     assert not ok(find(events(), lambda ev: not ok(ev)))
     assert LABEL.is_valid(find(label_events(), LABEL.is_valid))
+    assert LABEL.is_valid(find(label_events(), lambda ev: LABEL.is_valid(ev) and isinstance(ev["label"], bool)))
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_boolean_labels_are_valid_in_both(value: bool) -> None:
+    from tests.helpers import event, raw
+
+    ev = event(prediction={"label": value, "score": 0.9})
+    assert PRED.is_valid(ev) and decoder_accepts(raw(ev))
+    lbl = {"schema_version": "1", "event_id": "evt-00000001", "label_time": "2026-01-01T00:00:00Z"}
+    lbl["label"] = value
+    assert LABEL.is_valid(lbl)
+    assert DEC.label(json.dumps(lbl).encode())[0].label is value
