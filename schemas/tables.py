@@ -1,10 +1,12 @@
 """One source of truth for the audit tables; BigQuery schemas and ClickHouse DDL derive from it.
 
 Rows are insert-only. BigQuery: partitioned by the event date, clustered by model/version,
-insertId = the row's key. ClickHouse: ReplacingMergeTree ordered by (model, version, time, key)
-with ``non_replicated_deduplication_window`` so a retried batch with the same
-``insert_deduplication_token`` is written once. ``*_dedup`` views collapse any duplicate
-that still lands, for analysts.
+insertId = the row's key. ClickHouse: plain MergeTree (never Replacing: a later copy must not
+replace the first) ordered by (model, version, time, key) with
+``non_replicated_deduplication_window`` so a retried batch with the same
+``insert_deduplication_token`` is written once. ``*_dedup`` views return the FIRST copy by
+ingest time of each identity (predictions: (model_name, event_id); labels: the payload, so a
+later correction is kept) in both engines, for analysts.
 
 JSON-valued columns (features, scores, metadata, ...) are STRING holding JSON in both
 engines (portable, and what the BigQuery emulator supports); query them with
@@ -67,6 +69,12 @@ class Table:
     key: str  # the idempotency key: BigQuery insertId, ClickHouse dedup-by column
     cluster_by: tuple[str, ...]
     order_by: tuple[str, ...]
+    dedup_by: tuple[str, ...] = ()  # what the ``*_dedup`` view collapses by (default: key)
+
+    @property
+    def identity(self) -> tuple[str, ...]:
+        """The columns one logical row is identified by in the analyst views."""
+        return self.dedup_by or (self.key,)
 
     def column(self, name: str) -> Column:
         return next(c for c in self.columns if c.name == name)
@@ -110,6 +118,7 @@ PREDICTIONS = Table(
     key="event_id",
     cluster_by=("model_name", "model_version"),
     order_by=("model_name", "model_version", "event_time", "event_id"),
+    dedup_by=("model_name", "event_id"),  # producers choose ids: two models may reuse one
 )
 
 LABELS = Table(
@@ -129,6 +138,7 @@ LABELS = Table(
     key="event_id",
     cluster_by=("model_name", "event_id"),
     order_by=("event_id", "label_time"),
+    dedup_by=("payload_sha256",),  # a resent label collapses; a correction is another label
 )
 
 DEAD_LETTERS = Table(
@@ -246,12 +256,24 @@ def bigquery_table_resource(table: Table, project: str, dataset: str) -> dict[st
 
 
 def bigquery_dedup_view_sql(table: Table, project: str, dataset: str) -> str:
-    """Analyst view keeping the first-ingested row per key."""
+    """Analyst view keeping the first-ingested row per identity (ties: the payload hash)."""
     return (
         f"SELECT * EXCEPT(_rn) FROM (SELECT *, ROW_NUMBER() OVER "
-        f"(PARTITION BY {table.key} ORDER BY ingest_time) AS _rn "
+        f"(PARTITION BY {', '.join(table.identity)} ORDER BY ingest_time, payload_sha256) AS _rn "
         f"FROM `{project}.{dataset}.{table.name}`) WHERE _rn = 1"
     )
+
+
+def clickhouse_column_type(c: Column) -> str:
+    """The ClickHouse type of a column, as ``system.columns`` reports it.
+
+    >>> clickhouse_column_type(PREDICTIONS.column("model_name")), clickhouse_column_type(PREDICTIONS.column("latency_ms"))
+    ('LowCardinality(String)', 'Nullable(Float64)')
+    """
+    ch = _CH_TYPES[c.kind]
+    if c.mode == "NULLABLE":
+        ch = "LowCardinality(Nullable(String))" if c.kind == "lowcard" else f"Nullable({ch})"
+    return ch
 
 
 def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> str:
@@ -262,42 +284,51 @@ def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> 
     """
     cols = []
     for c in table.columns:
-        ch = _CH_TYPES[c.kind]
-        if c.mode == "NULLABLE":
-            ch = "LowCardinality(Nullable(String))" if c.kind == "lowcard" else f"Nullable({ch})"
+        ch = clickhouse_column_type(c)
         comment = f" COMMENT '{_sql_str(c.description)}'" if c.description else ""
         cols.append(f"    `{c.name}` {ch}{comment}")
     ttl = f"\nTTL toDateTime({table.time_column}) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
     return (
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}`\n(\n"
         + ",\n".join(cols)
-        + f"\n)\nENGINE = ReplacingMergeTree\nPARTITION BY toYYYYMM({table.time_column})\n"
+        + f"\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMM({table.time_column})\n"
         + f"ORDER BY ({', '.join(table.order_by)}){ttl}\n"
         + "SETTINGS non_replicated_deduplication_window = 1000\n"
         + f"COMMENT '{_sql_str(table.description)}'"
     )
 
 
-def clickhouse_dedup_view_ddl(table: Table, database: str = "audit") -> str:
+def clickhouse_dedup_view_ddl(table: Table, database: str = "audit", replace: bool = False) -> str:
+    """The first copy by ingest time per identity; no FINAL (plain MergeTree keeps every copy).
+
+    >>> clickhouse_dedup_view_ddl(PREDICTIONS).endswith("LIMIT 1 BY model_name, event_id")
+    True
+    """
+    create = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW IF NOT EXISTS"
     return (
-        f"CREATE VIEW IF NOT EXISTS `{database}`.`{table.name}_dedup` AS "
-        f"SELECT * FROM `{database}`.`{table.name}` FINAL ORDER BY ingest_time LIMIT 1 BY {table.key}"
+        f"{create} `{database}`.`{table.name}_dedup` AS "
+        f"SELECT * FROM `{database}`.`{table.name}` ORDER BY ingest_time, payload_sha256 "
+        f"LIMIT 1 BY {', '.join(table.identity)}"
     )
 
 
-def clickhouse_accuracy_view_ddl(database: str = "audit") -> str:
+def clickhouse_accuracy_view_ddl(database: str = "audit", replace: bool = False) -> str:
     """Analyst view: accuracy / MAE per model, version and day over the full label join
-    (every label, however late; the latest label per prediction wins)."""
+    (every label, however late; the latest label per prediction wins). Labels join on the
+    identity (model_name, event_id); a label without a model joins on event_id alone."""
+    create = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW IF NOT EXISTS"
     return (
-        f"CREATE VIEW IF NOT EXISTS `{database}`.`accuracy_full_join` AS "
+        f"{create} `{database}`.`accuracy_full_join` AS "
         "SELECT p.model_name AS model_name, p.model_version AS model_version, "
         "toDate(p.event_time) AS day, count() AS labeled, "
         "countIf(l.label = p.prediction_label) / count() AS accuracy, "
         "avgIf(abs(l.label_numeric - p.prediction_value), "
         "l.label_numeric IS NOT NULL AND p.prediction_value IS NOT NULL) AS mae "
         f"FROM `{database}`.`predictions_dedup` AS p INNER JOIN ("
-        "SELECT event_id, argMax(label, label_time) AS label, argMax(label_numeric, label_time) AS label_numeric "
-        f"FROM `{database}`.`labels_dedup` GROUP BY event_id) AS l ON l.event_id = p.event_id "
+        "SELECT model_name AS label_model, event_id, argMax(label, label_time) AS label, "
+        "argMax(label_numeric, label_time) AS label_numeric "
+        f"FROM `{database}`.`labels_dedup` GROUP BY label_model, event_id) AS l ON l.event_id = p.event_id "
+        "WHERE l.label_model IS NULL OR l.label_model = p.model_name "
         "GROUP BY model_name, model_version, day"
     )
 
@@ -309,9 +340,11 @@ def bigquery_accuracy_view_sql(project: str, dataset: str) -> str:
         "COUNTIF(l.label = p.prediction_label) / COUNT(*) AS accuracy, "
         "AVG(ABS(l.label_numeric - p.prediction_value)) AS mae "
         f"FROM `{project}.{dataset}.predictions_dedup` AS p JOIN ("
-        "SELECT event_id, label, label_numeric FROM (SELECT event_id, label, label_numeric, "
-        "ROW_NUMBER() OVER (PARTITION BY event_id ORDER BY label_time DESC) AS _rn "
+        "SELECT model_name, event_id, label, label_numeric FROM (SELECT model_name, event_id, label, "
+        "label_numeric, ROW_NUMBER() OVER (PARTITION BY model_name, event_id "
+        "ORDER BY label_time DESC, ingest_time DESC) AS _rn "
         f"FROM `{project}.{dataset}.labels_dedup`) WHERE _rn = 1) AS l ON l.event_id = p.event_id "
+        "AND (l.model_name IS NULL OR l.model_name = p.model_name) "
         "GROUP BY p.model_name, p.model_version, day"
     )
 
@@ -332,28 +365,43 @@ def render_ddl(target: str, database: str = "audit", project: str = "my-project"
     if target == "bigquery":
         doc = {
             "tables": [bigquery_table_resource(t, project, database) for t in TABLES.values()],
-            "views": [
-                {"name": f"{n}_dedup", "query": bigquery_dedup_view_sql(TABLES[n], project, database)}
-                for n in ("predictions", "labels")
-            ]
-            + [{"name": "accuracy_full_join", "query": bigquery_accuracy_view_sql(project, database)}],
+            "views": [{"name": n, "query": q} for n, q in bigquery_views(project, database).items()],
         }
         return json.dumps(doc, indent=2) + "\n"
     raise ValueError(f"unknown target {target!r}: use bigquery or clickhouse")
 
 
-def create_clickhouse_tables(client: Any, database: str = "audit", ttl_days: int = 0) -> None:
-    """Create the database, tables and views idempotently through a clickhouse-connect client."""
+def create_clickhouse_tables(
+    client: Any, database: str = "audit", ttl_days: int = 0, replace_views: bool = False
+) -> None:
+    """Create the database, tables and views idempotently through a clickhouse-connect client.
+
+    ``replace_views`` re-creates the views (they hold no data) so a provision run upgrades them.
+    """
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     for t in TABLES.values():
         client.command(clickhouse_ddl(t, database, ttl_days))
     for n in ("predictions", "labels"):
-        client.command(clickhouse_dedup_view_ddl(TABLES[n], database))
-    client.command(clickhouse_accuracy_view_ddl(database))
+        client.command(clickhouse_dedup_view_ddl(TABLES[n], database, replace_views))
+    client.command(clickhouse_accuracy_view_ddl(database, replace_views))
 
 
-def create_bigquery_tables(client: Any, project: str, dataset: str, views: bool = True) -> None:
-    """Create the dataset, tables and views idempotently through a google-cloud-bigquery client."""
+def bigquery_views(project: str, dataset: str) -> dict[str, str]:
+    """View name -> GoogleSQL query."""
+    views = {
+        f"{n}_dedup": bigquery_dedup_view_sql(TABLES[n], project, dataset) for n in ("predictions", "labels")
+    }
+    views["accuracy_full_join"] = bigquery_accuracy_view_sql(project, dataset)
+    return views
+
+
+def create_bigquery_tables(
+    client: Any, project: str, dataset: str, views: bool = True, replace_views: bool = False
+) -> None:
+    """Create the dataset, tables and views idempotently through a google-cloud-bigquery client.
+
+    ``replace_views`` updates a view whose query differs (a provision run upgrades them).
+    """
     from google.cloud import bigquery
 
     client.create_dataset(bigquery.Dataset(f"{project}.{dataset}"), exists_ok=True)
@@ -361,10 +409,10 @@ def create_bigquery_tables(client: Any, project: str, dataset: str, views: bool 
         table = bigquery.Table.from_api_repr(bigquery_table_resource(t, project, dataset))
         client.create_table(table, exists_ok=True)
     if views:
-        for n in ("predictions", "labels"):
-            view = bigquery.Table(f"{project}.{dataset}.{n}_dedup")
-            view.view_query = bigquery_dedup_view_sql(TABLES[n], project, dataset)
-            client.create_table(view, exists_ok=True)
-        view = bigquery.Table(f"{project}.{dataset}.accuracy_full_join")
-        view.view_query = bigquery_accuracy_view_sql(project, dataset)
-        client.create_table(view, exists_ok=True)
+        for name, query in bigquery_views(project, dataset).items():
+            view = bigquery.Table(f"{project}.{dataset}.{name}")
+            view.view_query = query
+            got = client.create_table(view, exists_ok=True)
+            if replace_views and got.view_query != query:
+                got.view_query = query
+                client.update_table(got, ["view_query"])

@@ -29,7 +29,7 @@ def test_clickhouse_tables_engine_keys_and_dedup(chdb_client, ch_database) -> No
     }
     for table in TABLES.values():
         engine, sorting, partition, ddl = meta[table.name]
-        assert engine == "ReplacingMergeTree"
+        assert engine == "MergeTree"  # never Replacing: a later copy must not replace the first
         assert sorting == ", ".join(table.order_by)
         assert partition == f"toYYYYMM({table.time_column})"
         assert "TTL" in ddl and "non_replicated_deduplication_window = 1000" in ddl
@@ -94,3 +94,90 @@ def test_rendered_ddl_mentions_every_table() -> None:
     for name in TABLES:
         assert f"`audit`.`{name}`" in ch
         assert f'"tableId": "{name}"' in bq
+
+
+def _pred(model: str, ingest_s: int, request_id: str, label: str) -> dict:
+    """A predictions row (epoch-microsecond timestamps) for (model, evt-00000001)."""
+    base = int(dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    return {
+        "event_id": "evt-00000001",
+        "event_time": base,
+        "model_name": model,
+        "model_version": "1",
+        "schema_version": "1",
+        "request_id": request_id,
+        "features": "{}",
+        "prediction_label": label,
+        "status": "ok",
+        "quality_issues": [],
+        "ingest_time": base + ingest_s * 1_000_000,
+        "payload_sha256": request_id.ljust(64, "0"),
+        "pipeline_version": "test",
+    }
+
+
+def _label(model: str, label: str, label_s: int) -> dict:
+    base = int(dt.datetime(2026, 3, 1, 13, tzinfo=dt.timezone.utc).timestamp()) * 1_000_000
+    return {
+        "event_id": "evt-00000001",
+        "label_time": base + label_s * 1_000_000,
+        "label": label,
+        "model_name": model,
+        "schema_version": "1",
+        "ingest_time": base + label_s * 1_000_000,
+        "payload_sha256": f"{model}{label}".ljust(64, "0"),
+        "pipeline_version": "test",
+    }
+
+
+# two models reuse one event_id; fraud's copies arrive out of ingest order (the later copy
+# is inserted first); fraud's label is corrected later. Expected: two predictions (one per
+# identity), fraud's is the FIRST copy by ingest time, and accuracy uses the correction.
+PREDS = [
+    _pred("fraud", 9, "late", "yes"),
+    _pred("fraud", 1, "early", "yes"),
+    _pred("churn", 5, "churn", "stay"),
+]
+LABELS_ = [_label("fraud", "no", 0), _label("fraud", "yes", 60), _label("churn", "stay", 0)]
+
+
+def test_clickhouse_views_use_identity_and_first_copy(chdb_client, ch_database) -> None:
+    from schemas.tables import LABELS
+
+    create_clickhouse_tables(chdb_client, ch_database)
+    for table, rows in ((PREDICTIONS, PREDS), (LABELS, LABELS_)):
+        for i, row in enumerate(rows):  # one insert (part) per row, like separate batches
+            chdb_client.insert(
+                f"`{ch_database}`.`{table.name}`",
+                [[row.get(c) for c in table.column_names]],
+                column_names=table.column_names,
+                settings={"insert_deduplication_token": f"{table.name}-{i}"},
+            )
+    got = chdb_client.query(
+        f"SELECT model_name, request_id FROM `{ch_database}`.predictions_dedup ORDER BY model_name"
+    ).result_rows
+    assert got == [("churn", "churn"), ("fraud", "early")]
+    acc = chdb_client.query(
+        f"SELECT model_name, labeled, accuracy FROM `{ch_database}`.accuracy_full_join ORDER BY model_name"
+    ).result_rows
+    assert acc == [("churn", 1, 1.0), ("fraud", 1, 1.0)]
+
+
+def test_bigquery_views_use_identity_and_first_copy(bq_client, bq_dataset) -> None:
+    from transforms.sinks.bigquery import to_json_row
+
+    create_bigquery_tables(bq_client, BQ_PROJECT, bq_dataset)
+    for table, rows in (("predictions", PREDS), ("labels", LABELS_)):
+        for i, row in enumerate(rows):
+            ref = f"{BQ_PROJECT}.{bq_dataset}.{table}"
+            assert bq_client.insert_rows_json(ref, [to_json_row(table, row)], row_ids=[f"{table}-{i}"]) == []
+    q = f"SELECT model_name, request_id FROM `{BQ_PROJECT}.{bq_dataset}.predictions_dedup` ORDER BY model_name"
+    assert [tuple(r.values()) for r in bq_client.query(q).result()] == [
+        ("churn", "churn"),
+        ("fraud", "early"),
+    ]
+    q = (
+        f"SELECT model_name, labeled, accuracy FROM `{BQ_PROJECT}.{bq_dataset}.accuracy_full_join` "
+        "ORDER BY model_name"
+    )
+    assert [tuple(r.values()) for r in bq_client.query(q).result()] == [("churn", 1, 1.0), ("fraud", 1, 1.0)]
