@@ -74,7 +74,7 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)
         if opts.anomaly_topic:
             publish_anomalies(mon["anomalies"], opts.anomaly_topic)
-    all_dead = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks), opts.sink_batch_size)
+    all_dead = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks, "streaming"), opts.sink_batch_size)
     if opts.dead_letter_topic:
         _ = (
             all_dead

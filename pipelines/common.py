@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 from schemas.specs import ModelSpec, load_specs
-from transforms.sinks.base import SinkFn
+from transforms.sinks.base import Mode, SinkFn
 from transforms.sinks.bigquery import BigQuerySinkFn
 from transforms.sinks.clickhouse import ClickHouseSinkFn
 from transforms.sinks.retry import RetryPolicy
 
 
-def sink_fns(opts, sinks: list[str]) -> list[SinkFn]:
-    policy = RetryPolicy(attempts=opts.sink_max_attempts)
+def sink_fns(opts, sinks: list[str], mode: Mode) -> list[SinkFn]:
+    """The sinks to write, in ``mode``: "replay" stops on a sink failure (raises SinkStopped),
+    "streaming" retries it with capped backoff (``--sink_failure_max_delay_s``, default 60 s)."""
+    policy = RetryPolicy(
+        attempts=opts.sink_max_attempts,
+        failure_max_delay_s=float(getattr(opts, "sink_failure_max_delay_s", None) or 60.0),
+    )
     fns: list[SinkFn] = []
     if "bigquery" in sinks:
-        fns.append(BigQuerySinkFn(opts.bq_project, opts.bq_dataset, opts.bq_endpoint, policy))
+        fns.append(BigQuerySinkFn(opts.bq_project, opts.bq_dataset, opts.bq_endpoint, policy, mode))
     if "clickhouse" in sinks:
-        fns.append(ClickHouseSinkFn(opts.clickhouse_dsn, opts.clickhouse_database, policy))
+        fns.append(ClickHouseSinkFn(opts.clickhouse_dsn, opts.clickhouse_database, policy, mode))
     return fns
 
 

@@ -154,7 +154,7 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)
         if opts.anomaly_topic:
             publish_anomalies(mon["anomalies"], opts.anomaly_topic)
-    out["all_dead_letters"] = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks), opts.sink_batch_size)
+    out["all_dead_letters"] = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks, "replay"), opts.sink_batch_size)
     return out
 
 

@@ -1,4 +1,9 @@
-"""BigQuery sink: ``insert_rows_json`` in batches (<= 500 rows, < 9 MB) with insertId = row key."""
+"""BigQuery sink: ``insert_rows_json`` in batches (<= 500 rows, < 9 MB) with insertId = row key.
+
+Predictions use their identity (model name, event_id) as insertId: two models may share an
+event_id. Errors are classified by google.api_core exception classes (and the structured
+``errors[].reason`` BigQuery attaches), never by message text.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,12 @@ from typing import Any
 import orjson
 
 from schemas.tables import TABLES
+from transforms.identity import identity_id, row_identity
 from transforms.rows import from_micros
-from transforms.sinks.base import SinkFn
-from transforms.sinks.retry import RetryPolicy
+from transforms.sinks.base import Mode, SinkFn
+from transforms.sinks.clickhouse import is_tls_error
+from transforms.sinks.errors import ROW_REFUSAL, SINK_FAILURE, TRANSIENT, Verdict
+from transforms.sinks.retry import RetriesExhausted, RetryPolicy
 
 MAX_ROWS = 500
 MAX_BYTES = 9_000_000
@@ -45,6 +53,82 @@ def chunks(rows: Sequence[dict[str, Any]]) -> Iterator[tuple[int, list[dict[str,
         yield start, cur
 
 
+def insert_id(table: str, row: dict[str, Any]) -> str:
+    """The insertId of a row: predictions by identity (model, event_id), other tables by key.
+
+    >>> insert_id("predictions", {"model_name": "fraud", "event_id": "e-1"}) != insert_id(
+    ...     "predictions", {"model_name": "churn", "event_id": "e-1"})
+    True
+    >>> insert_id("labels", {"event_id": "e-1"})
+    'e-1'
+    """
+    if table == "predictions":
+        return identity_id(row_identity(row))
+    return str(row[TABLES[table].key])
+
+
+# BigQuery ``errors[].reason`` values meaning "try again later" (rate limits, backend trouble)
+_TRANSIENT_REASONS = frozenset({"rateLimitExceeded", "quotaExceeded", "backendError", "internalError"})
+
+
+def _reasons(exc: BaseException) -> set[str]:
+    return {e.get("reason", "") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)}
+
+
+def classify_bigquery(exc: BaseException, table_ref: str, project: str, dataset: str) -> Verdict:
+    """The failure class of an exception raised by ``insert_rows_json`` (google.api_core types)."""
+    import requests
+    from google.api_core import exceptions as gexc
+    from google.auth import exceptions as gauth
+
+    provision = (
+        f"run `predaudit provision --sinks bigquery --bq_project {project} --bq_dataset {dataset}` "
+        "(replay creates tables unless --no_create_tables)"
+    )
+    text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    if is_tls_error(exc):
+        return Verdict(SINK_FAILURE, "tls", f"TLS failure: {text}", "check the endpoint's certificate / CA")
+    if isinstance(exc, gexc.GoogleAPICallError):
+        reasons = _reasons(exc)
+        if isinstance(exc, gexc.NotFound):
+            return Verdict(SINK_FAILURE, "not_found", text, provision)
+        if isinstance(exc, gexc.Unauthorized):
+            return Verdict(
+                SINK_FAILURE,
+                "auth_failed",
+                text,
+                "check the credentials (`gcloud auth application-default login` or the worker service account)",
+            )
+        if isinstance(exc, gexc.Forbidden):
+            if reasons & _TRANSIENT_REASONS:  # BigQuery answers rate limits with 403
+                return Verdict(TRANSIENT, "rate_limited", text)
+            return Verdict(
+                SINK_FAILURE,
+                "access_denied",
+                text,
+                f"grant roles/bigquery.dataEditor on {project}:{dataset} to the pipeline's service account",
+            )
+        if isinstance(exc, gexc.ServerError | gexc.TooManyRequests) or exc.code in (408, 429):
+            return Verdict(TRANSIENT, "server_busy", text)
+        if isinstance(exc, gexc.BadRequest) or exc.code == 413:  # the request's rows: bisect
+            return Verdict(ROW_REFUSAL, "refused_by_server", text)
+        return Verdict(SINK_FAILURE, "server_error", text, f"unexpected BigQuery answer writing {table_ref}")
+    if isinstance(exc, gauth.TransportError):  # token refresh could not reach the auth server
+        return Verdict(TRANSIENT, "unreachable", text)
+    if isinstance(exc, gauth.GoogleAuthError):  # RefreshError, DefaultCredentialsError, ...
+        return Verdict(
+            SINK_FAILURE,
+            "auth_failed",
+            text,
+            "check the credentials (`gcloud auth application-default login`)",
+        )
+    if isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError):
+        return Verdict(TRANSIENT, "unreachable", text)
+    return Verdict(
+        SINK_FAILURE, "unexpected_error", text, f"unexpected error writing {table_ref}; see the log"
+    )
+
+
 def bigquery_client(project: str, endpoint: str = ""):
     """A BigQuery client; with ``endpoint`` (the emulator) anonymous credentials are used."""
     from google.cloud import bigquery
@@ -62,9 +146,14 @@ class BigQuerySinkFn(SinkFn):
     name = "bigquery"
 
     def __init__(
-        self, project: str, dataset: str, endpoint: str = "", policy: RetryPolicy | None = None
+        self,
+        project: str,
+        dataset: str,
+        endpoint: str = "",
+        policy: RetryPolicy | None = None,
+        mode: Mode = "replay",
     ) -> None:
-        super().__init__(policy or RetryPolicy())
+        super().__init__(policy or RetryPolicy(), mode=mode)
         self.project, self.dataset, self.endpoint = project, dataset, endpoint
 
     def client_key(self) -> tuple:
@@ -73,21 +162,31 @@ class BigQuerySinkFn(SinkFn):
     def make_client(self):
         return bigquery_client(self.project, self.endpoint)
 
+    def where(self, table: str) -> str:
+        return f"{self.project}.{self.dataset}.{table}"
+
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
-        key = TABLES[table].key
-        ref = f"{self.project}.{self.dataset}.{table}"
+        ref = self.where(table)
         refused: list[tuple[int, str]] = []
+        ids = [insert_id(table, r) for r in rows]
         json_rows = [to_json_row(table, r) for r in rows]
         for offset, chunk in chunks(json_rows):
-            errors = self.client.insert_rows_json(ref, chunk, row_ids=[r[key] for r in chunk], retry=None)
+            # skip_invalid_rows: the valid rows of a request are written and only the invalid
+            # ones come back (without it BigQuery answers the others "stopped", not written)
+            errors = self.client.insert_rows_json(
+                ref,
+                chunk,
+                row_ids=ids[offset : offset + len(chunk)],
+                skip_invalid_rows=True,
+                retry=None,
+            )
             for err in errors:
                 refused.append((offset + err["index"], orjson.dumps(err.get("errors")).decode()))
         return refused
 
-    def is_transient(self, exc: BaseException) -> bool:
-        import requests
-        from google.api_core import exceptions as gexc
+    def classify(self, exc: BaseException) -> Verdict:
+        return classify_bigquery(exc, self.where(self.table), self.project, self.dataset)
 
-        if isinstance(exc, gexc.GoogleAPICallError):
-            return isinstance(exc, gexc.ServerError) or exc.code in (408, 429)
-        return isinstance(exc, requests.ConnectionError | requests.Timeout | ConnectionError | TimeoutError)
+    def exhausted(self, exc: RetriesExhausted) -> Verdict:
+        where = self.endpoint or "bigquery.googleapis.com"
+        return Verdict(SINK_FAILURE, "unreachable", str(exc), f"check that BigQuery ({where}) is reachable")

@@ -1,34 +1,221 @@
-"""ClickHouse sink through clickhouse-connect: ``http(s)://`` servers or embedded ``chdb:///path``."""
+"""ClickHouse sink through clickhouse-connect: ``http(s)://`` servers or embedded ``chdb:///path``.
+
+Errors are classified by clickhouse-connect's exception types and the ClickHouse server
+error code, which both backends expose as ``Error.code`` (HTTP: the
+``X-ClickHouse-Exception-Code`` header; chDB: parsed from the engine's ``Code: N.``).
+"""
 
 from __future__ import annotations
 
 import hashlib
+import ssl
+import types
 from collections.abc import Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from schemas.tables import TABLES
-from transforms.sinks.base import SinkFn
-from transforms.sinks.retry import RetryPolicy
+from transforms.identity import row_identity
+from transforms.sinks.base import Mode, SinkFn
+from transforms.sinks.errors import ROW_REFUSAL, SINK_FAILURE, TRANSIENT, Verdict
+from transforms.sinks.retry import RetriesExhausted, RetryPolicy
+
+# server error codes (ClickHouse src/Common/ErrorCodes.cpp; names checked with errorCodeToName)
+SINK_CODES: dict[int, str] = {
+    81: "unknown_database",  # UNKNOWN_DATABASE
+    60: "unknown_table",  # UNKNOWN_TABLE
+    16: "missing_column",  # NO_SUCH_COLUMN_IN_TABLE
+    8: "missing_column",  # THERE_IS_NO_COLUMN
+    10: "missing_column",  # NOT_FOUND_COLUMN_IN_BLOCK
+    47: "missing_column",  # UNKNOWN_IDENTIFIER
+    516: "auth_failed",  # AUTHENTICATION_FAILED
+    192: "auth_failed",  # UNKNOWN_USER
+    193: "auth_failed",  # WRONG_PASSWORD
+    194: "auth_failed",  # REQUIRED_PASSWORD
+    195: "auth_failed",  # IP_ADDRESS_NOT_ALLOWED
+    497: "access_denied",  # ACCESS_DENIED
+    291: "access_denied",  # DATABASE_ACCESS_DENIED
+    164: "access_denied",  # READONLY
+}
+TRANSIENT_CODES: frozenset[int] = frozenset(
+    {
+        3,  # UNEXPECTED_END_OF_FILE
+        74,  # CANNOT_READ_FROM_FILE_DESCRIPTOR
+        75,  # CANNOT_WRITE_TO_FILE_DESCRIPTOR
+        76,  # CANNOT_OPEN_FILE (a locked/busy store)
+        159,  # TIMEOUT_EXCEEDED
+        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+        203,  # NO_FREE_CONNECTION
+        209,  # SOCKET_TIMEOUT
+        210,  # NETWORK_ERROR
+        225,  # NO_ZOOKEEPER
+        236,  # ABORTED
+        241,  # MEMORY_LIMIT_EXCEEDED
+        242,  # TABLE_IS_READ_ONLY (replica lost its keeper session)
+        243,  # NOT_ENOUGH_SPACE
+        252,  # TOO_MANY_PARTS (merges catch up)
+        279,  # ALL_CONNECTION_TRIES_FAILED
+        285,  # TOO_FEW_LIVE_REPLICAS
+        286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
+        319,  # UNKNOWN_STATUS_OF_INSERT
+        394,  # QUERY_WAS_CANCELLED
+        425,  # SYSTEM_ERROR
+        439,  # CANNOT_SCHEDULE_TASK
+        473,  # DEADLOCK_AVOIDED
+        999,  # KEEPER_EXCEPTION
+    }
+)
+ROW_CODES: frozenset[int] = frozenset(
+    {
+        6,  # CANNOT_PARSE_TEXT
+        26,  # CANNOT_PARSE_QUOTED_STRING
+        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
+        38,  # CANNOT_PARSE_DATE
+        41,  # CANNOT_PARSE_DATETIME
+        53,  # TYPE_MISMATCH
+        69,  # ARGUMENT_OUT_OF_BOUND
+        70,  # CANNOT_CONVERT_TYPE
+        72,  # CANNOT_PARSE_NUMBER
+        117,  # INCORRECT_DATA
+        128,  # TOO_LARGE_ARRAY_SIZE
+        131,  # TOO_LARGE_STRING_SIZE
+        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
+        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
+        395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a table's CHECK via throwIf)
+        469,  # VIOLATED_CONSTRAINT (a table CONSTRAINT refuses the row)
+    }
+)
 
 
 def dedup_token(table: str, rows: Sequence[dict[str, Any]]) -> str:
     """Deterministic ``insert_deduplication_token``: the same batch retried is written once.
 
-    >>> dedup_token("predictions", [{"event_id": "a"}]) == dedup_token("predictions", [{"event_id": "a"}])
+    Predictions are keyed by their identity (model name, event_id): two models sharing an
+    event_id are two different rows, so their batches get different tokens.
+
+    >>> dedup_token("predictions", [{"event_id": "a", "model_name": "m"}]) == dedup_token(
+    ...     "predictions", [{"event_id": "a", "model_name": "m"}])
     True
+    >>> dedup_token("predictions", [{"event_id": "a", "model_name": "fraud"}]) == dedup_token(
+    ...     "predictions", [{"event_id": "a", "model_name": "churn"}])
+    False
     """
     key = TABLES[table].key
     h = hashlib.sha256(table.encode())
     for row in rows:
-        h.update(b"\x00" + str(row[key]).encode())
+        part = row_identity(row) if table == "predictions" else str(row[key])
+        h.update(b"\x00" + part.encode())
     return h.hexdigest()
+
+
+def redact_dsn(dsn: str) -> str:
+    """A DSN safe to print: no password (userinfo or query parameter).
+
+    >>> redact_dsn("https://audit:s3cret@ch.example:8443/?password=x&secure=1")
+    'https://audit@ch.example:8443/?secure=1'
+    >>> redact_dsn("chdb:///var/lib/predaudit")
+    'chdb:///var/lib/predaudit'
+    """
+    parts = urlsplit(dsn)
+    netloc = parts.netloc
+    if "@" not in netloc and "password" not in parts.query.lower():
+        return dsn
+    if "@" in netloc:
+        user, _, host = netloc.rpartition("@")
+        netloc = f"{user.split(':', 1)[0]}@{host}"
+    query = urlencode([(k, v) for k, v in parse_qsl(parts.query) if k.lower() != "password"])
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and its causes; urllib3's MaxRetryError keeps the real error in ``.reason``."""
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in out:
+        out.append(cur)
+        reason = getattr(cur, "reason", None)
+        cur = cur.__cause__ or cur.__context__ or (reason if isinstance(reason, BaseException) else None)
+    return out
+
+
+def is_tls_error(exc: BaseException) -> bool:
+    """A TLS failure anywhere in the chain (ssl, urllib3 and requests wrap ``ssl.SSLError``)."""
+    import urllib3.exceptions
+
+    return any(isinstance(e, ssl.SSLError | urllib3.exceptions.SSLError) for e in _chain(exc))
+
+
+def _raised_in(exc: BaseException, module_prefix: str) -> bool:
+    """Whether the innermost frame of ``exc``'s traceback belongs to ``module_prefix``."""
+    tb: types.TracebackType | None = exc.__traceback__
+    last = None
+    while tb is not None:
+        last, tb = tb, tb.tb_next
+    return last is not None and str(last.tb_frame.f_globals.get("__name__", "")).startswith(module_prefix)
+
+
+def classify_clickhouse(exc: BaseException, database: str, table: str, dsn: str) -> Verdict:
+    """The failure class of an exception raised by a clickhouse-connect insert."""
+    from clickhouse_connect.driver import exceptions as chx
+
+    where, shown = f"{database}.{table}", redact_dsn(dsn)
+    provision = (
+        f"run `predaudit provision --sinks clickhouse --clickhouse_dsn {shown} "
+        f"--clickhouse_database {database}` (replay creates tables unless --no_create_tables)"
+    )
+    fixes = {
+        "unknown_database": provision,
+        "unknown_table": provision,
+        "missing_column": f"the table {where} lacks expected columns: {provision}",
+        "auth_failed": f"check the user and password of --clickhouse_dsn {shown}",
+        "access_denied": f"grant INSERT on {database}.* to the user of --clickhouse_dsn {shown}",
+    }
+    if is_tls_error(exc):
+        return Verdict(
+            SINK_FAILURE,
+            "tls",
+            f"TLS failure: {type(exc).__name__}: {exc}",
+            f"check the server certificate / CA for {shown}",
+        )
+    code = getattr(exc, "code", None) if isinstance(exc, chx.Error) else None
+    if isinstance(code, int):
+        name = getattr(exc, "name", None) or f"code {code}"
+        reason = f"{name}: {str(exc).splitlines()[0][:300]}"
+        if code in SINK_CODES:
+            return Verdict(SINK_FAILURE, SINK_CODES[code], reason, fixes[SINK_CODES[code]])
+        if code in TRANSIENT_CODES:
+            return Verdict(TRANSIENT, "server_busy", reason)
+        if code in ROW_CODES:
+            return Verdict(ROW_REFUSAL, "refused_by_server", reason)
+        # an unknown server code: loud (never turn rows into dead letters on a guess)
+        return Verdict(SINK_FAILURE, "server_error", reason, f"see the ClickHouse server log (error {name})")
+    if isinstance(exc, chx.DataError):  # the client could not encode a value for its column type
+        return Verdict(ROW_REFUSAL, "unencodable_value", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, chx.ProgrammingError):  # e.g. "Unrecognized column": the table's shape differs
+        return Verdict(
+            SINK_FAILURE, "missing_column", f"{type(exc).__name__}: {exc}", fixes["missing_column"]
+        )
+    if isinstance(exc, chx.OperationalError | ConnectionError | TimeoutError):  # transport
+        return Verdict(TRANSIENT, "unreachable", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, ValueError | TypeError | OverflowError) and _raised_in(
+        exc, "clickhouse_connect.datatypes"
+    ):  # a value the column type's serializer cannot take (e.g. a string for a Float64)
+        return Verdict(ROW_REFUSAL, "unencodable_value", f"{type(exc).__name__}: {exc}")
+    return Verdict(
+        SINK_FAILURE,
+        "unexpected_error",
+        f"{type(exc).__name__}: {exc}",
+        f"unexpected error writing {where}; see the log",
+    )
 
 
 class ClickHouseSinkFn(SinkFn):
     name = "clickhouse"
 
-    def __init__(self, dsn: str, database: str, policy: RetryPolicy | None = None) -> None:
-        super().__init__(policy or RetryPolicy())
+    def __init__(
+        self, dsn: str, database: str, policy: RetryPolicy | None = None, mode: Mode = "replay"
+    ) -> None:
+        super().__init__(policy or RetryPolicy(), mode=mode)
         self.dsn, self.database = dsn, database
 
     def client_key(self) -> tuple:
@@ -37,7 +224,19 @@ class ClickHouseSinkFn(SinkFn):
     def make_client(self):
         import clickhouse_connect
 
-        return clickhouse_connect.get_client(dsn=self.dsn)
+        # clickhouse-connect takes TLS from the port (443/8443) or ``secure``, not from the
+        # scheme: an ``https://`` DSN on another port would otherwise talk plain HTTP
+        tls = {"interface": "https"} if self.dsn.startswith("https://") else {}
+        return clickhouse_connect.get_client(dsn=self.dsn, **tls)
+
+    def connect_fix(self) -> str:
+        return (
+            f"check --clickhouse_dsn {redact_dsn(self.dsn)} (an embedded chdb:// directory is locked "
+            "while another process has it open)"
+        )
+
+    def where(self, table: str) -> str:
+        return f"{self.database}.{table}"
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
         cols = TABLES[table].column_names
@@ -50,13 +249,13 @@ class ClickHouseSinkFn(SinkFn):
         )
         return []
 
-    def is_transient(self, exc: BaseException) -> bool:
-        from clickhouse_connect.driver.exceptions import OperationalError
+    def classify(self, exc: BaseException) -> Verdict:
+        return classify_clickhouse(exc, self.database, self.table, self.dsn)
 
-        if isinstance(exc, OperationalError | ConnectionError | TimeoutError):
-            return True
-        text = str(exc)
-        # server-side overload / storage trouble that a later attempt can get past
-        return any(
-            s in text for s in ("TOO_MANY_PARTS", "Cannot lock file", "Permission denied", "No space left")
+    def exhausted(self, exc: RetriesExhausted) -> Verdict:
+        return Verdict(
+            SINK_FAILURE,
+            "unreachable",
+            str(exc),
+            f"check that ClickHouse at {redact_dsn(self.dsn)} is up and reachable",
         )

@@ -9,7 +9,31 @@ sink, the table and the fix, and streaming retries with capped backoff.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
 MARKER = "PREDAUDIT_SINK_FAILURE"
+
+# the three classes a sink error falls into (see the module docstring)
+TRANSIENT = "transient"  # retry with backoff (overload, timeout, connection reset)
+ROW_REFUSAL = "row_refusal"  # these rows cannot be stored: bisect, dead-letter exactly them
+SINK_FAILURE = "sink_failure"  # no row can be stored: never dead letters
+
+Kind = Literal["transient", "row_refusal", "sink_failure"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Verdict:
+    """How a sink classified one exception: its class, a stable code, a reason and the fix.
+
+    >>> Verdict(SINK_FAILURE, "unknown_table", "table audit.labels does not exist", "run provision").kind
+    'sink_failure'
+    """
+
+    kind: Kind
+    code: str
+    reason: str
+    fix: str = ""
 
 
 class SinkFailure(Exception):
@@ -31,19 +55,50 @@ class SinkFailure(Exception):
         return (SinkFailure, (self.sink, self.table, self.reason, self.fix, self.code))
 
 
+class SinkStopped(RuntimeError):
+    """What a replay-mode sink raises: its message is :func:`marked` text, its cause the SinkFailure.
+
+    Beam re-raises a DoFn's exception as ``type(exc)(args[0] + " [while running ...]")``:
+    a plain SinkFailure would come back with the step name glued to its ``sink``. This
+    one-argument wrapper survives that (the marker line ends before the annotation), and
+    runners that keep only text (a worker's traceback string) keep the marker line.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+
+def sink_stopped(failure: SinkFailure) -> SinkStopped:
+    """The exception to raise for ``failure`` (``raise sink_stopped(f) from f``).
+
+    >>> e = sink_stopped(SinkFailure("clickhouse", "a.b", "gone", "provision", "unknown_table"))
+    >>> rebuilt = type(e)(e.args[0] + " [while running 'Write']")  # what Beam does
+    >>> f = find_sink_failure(rebuilt)
+    >>> (f.sink, f.table, f.code, str(f))
+    ('clickhouse', 'a.b', 'unknown_table', 'clickhouse: a.b: gone -- fix: provision')
+    """
+    return SinkStopped(marked(failure) + "\n")
+
+
 def find_sink_failure(exc: BaseException | None) -> SinkFailure | None:
     """The SinkFailure inside an exception chain (Beam wraps what a DoFn raised), or None.
 
-    Walks ``__cause__``/``__context__``; runners that re-raise only the text keep the marker
-    line written by :func:`marked`, which is parsed back.
+    Walks ``__cause__``/``__context__`` and returns the innermost SinkFailure (Beam may have
+    re-built an outer copy with the step name appended to its first argument); runners that
+    re-raise only the text keep the marker line written by :func:`marked`, which is parsed
+    back from the first message in the chain that carries it.
     """
     seen: set[int] = set()
+    found: SinkFailure | None = None
+    text: SinkFailure | None = None
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, SinkFailure):
-            return exc
+            found = exc
+        elif text is None:
+            text = parse_marked(str(exc))
         exc = exc.__cause__ or exc.__context__
-    return None
+    return found or text
 
 
 def marked(failure: SinkFailure) -> str:
