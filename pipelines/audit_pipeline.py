@@ -34,7 +34,6 @@ def dead_letter_message(dead: dict) -> PubsubMessage:
 
 
 def _read(p: beam.Pipeline, label: str, subscription: str, opts: AuditOptions) -> beam.PCollection:
-    on_dataflow = "Dataflow" in (opts.view_as(StandardOptions).runner or "")
     return (
         p
         | f"Read{label}"
@@ -93,11 +92,21 @@ def streaming_options(argv: Sequence[str]) -> AuditOptions:
 
 def run(argv: Sequence[str] | None = None) -> int:
     opts = streaming_options(sys.argv[1:] if argv is None else argv)
+    from pipelines.provision import ProvisionError, prepare_sinks, provision_command
+
     try:
-        validate(opts, "streaming")
-    except OptionsError as exc:
+        sinks = validate(opts, "streaming")
+        # fail fast: every table this pipeline writes must exist with the expected columns
+        problems = prepare_sinks(opts, sinks, create=False)
+    except (OptionsError, ProvisionError) as exc:
         sys.stderr.write(f"predaudit run: error: {exc}\n")
         return 2
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        sys.stderr.write(
+            f"predaudit run: error: {problems[0]}{more} -- fix: run `{provision_command(opts, sinks)}`\n"
+        )
+        return 1
     patch_direct_runner_pubsub(opts)
     p = beam.Pipeline(options=opts)
     build(p, opts)

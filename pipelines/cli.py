@@ -1,6 +1,8 @@
-"""The ``predaudit`` command: validate, simulate, schema, demo.
+"""The ``predaudit`` command: validate, simulate, schema, replay, run, provision, demo, sidecar.
 
-Exit codes: 0 success (all valid), 1 invalid input found, 2 usage error (message, no traceback).
+Exit codes: 0 success (all valid / all accounted), 1 invalid input found or something could not
+be written, 2 usage or configuration error (one line, no traceback). Option names are never
+abbreviated (``--sink`` is an error, not ``--sinks``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,17 @@ DEFAULT_SPECS = pathlib.Path(__file__).resolve().parent.parent / "schemas" / "mo
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; printed without traceback, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """No prefix matching; a usage error is one line on stderr and exit 2."""
+
+    def __init__(self, **kwargs) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _open_lines(path: str) -> Iterator[bytes]:
@@ -195,7 +208,71 @@ def cmd_schema(args: argparse.Namespace, out: IO[str]) -> int:
 def cmd_replay(args: argparse.Namespace, out: IO[str]) -> int:
     from pipelines.replay import run
 
-    return run(args.beam_args)
+    return run(args.beam_args, out)
+
+
+def cmd_provision(args: argparse.Namespace, out: IO[str]) -> int:
+    """Pub/Sub topics + subscriptions (dead-letter policy), BigQuery and ClickHouse tables and
+    views; idempotent; ``--dry-run`` prints the plan and touches nothing."""
+    from pipelines.options import SINKS
+    from pipelines.provision import (
+        ProvisionError,
+        PubSubNames,
+        bigquery_plan,
+        clickhouse_plan,
+        provision_bigquery,
+        provision_clickhouse,
+        provision_pubsub,
+        pubsub_plan,
+    )
+
+    sinks = [s.strip() for s in args.sinks.split(",") if s.strip()]
+    if any(s not in SINKS for s in sinks):
+        raise UsageError(f"--sinks={args.sinks!r}: use a comma list of {', '.join(SINKS)} (or empty)")
+    project = args.project or args.bq_project
+    bq_project = args.bq_project or args.project
+    if args.pubsub == "on" and not project:
+        raise UsageError("--project is required for Pub/Sub (or --pubsub off)")
+    if "bigquery" in sinks and not bq_project:
+        raise UsageError("--bq_project (or --project) is required with --sinks bigquery")
+    if args.max_delivery_attempts < 5 or args.max_delivery_attempts > 100:
+        raise UsageError("--max_delivery_attempts must be within [5, 100] (a Pub/Sub limit)")
+    names = PubSubNames(project) if project else None
+
+    def report(step, state: str) -> None:
+        out.write(step.line(state) + "\n")
+
+    if args.dry_run:
+        plan = []
+        if args.pubsub == "on":
+            plan += pubsub_plan(names, args.max_delivery_attempts)
+        if "bigquery" in sinks:
+            plan += bigquery_plan(bq_project, args.bq_dataset)
+        if "clickhouse" in sinks:
+            plan += clickhouse_plan(args.clickhouse_database)
+        for step in plan:
+            report(step, "would-make")
+        out.write(f"dry run: {len(plan)} resources planned, nothing changed\n")
+        return 0
+    try:
+        if args.pubsub == "on":
+            try:
+                provision_pubsub(names, args.max_delivery_attempts, report)
+            except Exception as exc:  # noqa: BLE001 -- unreachable/denied: one line, exit 2
+                raise ProvisionError(f"pubsub: project {project}: {str(exc).splitlines()[0][:300]}") from None
+        if "bigquery" in sinks:
+            try:
+                provision_bigquery(bq_project, args.bq_dataset, args.bq_endpoint, report=report)
+            except Exception as exc:  # noqa: BLE001
+                raise ProvisionError(
+                    f"bigquery: {bq_project}.{args.bq_dataset}: {str(exc).splitlines()[0][:300]}"
+                ) from None
+        if "clickhouse" in sinks:
+            provision_clickhouse(args.clickhouse_dsn, args.clickhouse_database, args.ttl_days, report=report)
+    except ProvisionError as exc:
+        raise UsageError(str(exc)) from None
+    out.write("provisioned: every resource exists\n")
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
@@ -206,9 +283,17 @@ def cmd_demo(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def cmd_run(args: argparse.Namespace, out: IO[str]) -> int:
+    """The streaming pipeline; its command line is checked strictly first (own options only)."""
     from pipelines.audit_pipeline import run
+    from pipelines.options import OptionsError, parse_command_line
 
-    return run(args.beam_args)
+    try:
+        _, flags = parse_command_line(args.beam_args, "streaming", "predaudit run")
+    except OptionsError as exc:
+        raise UsageError(str(exc)) from None
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
+    return run(flags)
 
 
 def cmd_sidecar(args: argparse.Namespace, out: IO[str]) -> int:
@@ -228,7 +313,7 @@ def cmd_sidecar(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="predaudit", description="Streaming prediction audit for ML platforms.")
+    p = _Parser(prog="predaudit", description="Streaming prediction audit for ML platforms.")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="validate a JSON Lines file of events against the contract")
@@ -272,10 +357,43 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser(
         "replay",
-        help="batch replay / backfill of JSONL files through validate -> sinks (Beam options follow)",
+        help="batch replay / backfill of JSONL files through validate -> sinks (predaudit replay --help)",
         add_help=False,
     )
     r.set_defaults(func=cmd_replay)
+
+    pv = sub.add_parser(
+        "provision",
+        help="create Pub/Sub topics/subscriptions and the BigQuery/ClickHouse tables and views (idempotent)",
+        description="Create what the pipelines need, idempotently (running it again is fine): Pub/Sub "
+        "topics and subscriptions (with a dead-letter policy), the BigQuery dataset, tables and views, "
+        "the ClickHouse database, tables and views. Pub/Sub honours $PUBSUB_EMULATOR_HOST.",
+    )
+    pv.add_argument(
+        "--project", default=os.environ.get("GOOGLE_CLOUD_PROJECT", ""), help="Google Cloud project"
+    )
+    pv.add_argument("--sinks", default="clickhouse", help="comma list of: bigquery, clickhouse (empty: none)")
+    pv.add_argument("--pubsub", choices=["on", "off"], default="on", help="create topics and subscriptions")
+    pv.add_argument("--bq_project", default="", help="BigQuery project (default: --project)")
+    pv.add_argument("--bq_dataset", default="audit", help="BigQuery dataset")
+    pv.add_argument("--bq_endpoint", default="", help="BigQuery API endpoint (emulator); empty = Google")
+    pv.add_argument(
+        "--clickhouse_dsn",
+        default="chdb:///tmp/predaudit-chdb",
+        help="http(s)://user:pw@host:port or chdb:///path",
+    )
+    pv.add_argument("--clickhouse_database", default="audit", help="ClickHouse database")
+    pv.add_argument("--ttl_days", type=int, default=0, help="ClickHouse TTL (0 = keep forever)")
+    pv.add_argument(
+        "--max_delivery_attempts",
+        type=int,
+        default=10,
+        help="Pub/Sub delivery attempts before a message goes to the undeliverable topic",
+    )
+    pv.add_argument(
+        "--dry-run", "--dry_run", dest="dry_run", action="store_true", help="print the plan, change nothing"
+    )
+    pv.set_defaults(func=cmd_provision)
 
     ref = sub.add_parser("reference", help="reference distributions for the drift monitors")
     refs = ref.add_subparsers(dest="reference_command", required=True)
@@ -316,18 +434,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sd.set_defaults(func=cmd_sidecar)
 
-    rn = sub.add_parser("run", help="the streaming pipeline (Beam options follow)", add_help=False)
+    rn = sub.add_parser("run", help="the streaming pipeline (predaudit run --help)", add_help=False)
     rn.set_defaults(func=cmd_run)
     return p
 
 
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    if args.command not in ("replay", "run") and rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    args.beam_args = rest
+    if argv and argv[0] in ("replay", "run"):
+        # their options (and --help) are parsed strictly by the command itself
+        args = argparse.Namespace(command=argv[0], func=cmd_replay if argv[0] == "replay" else cmd_run)
+        args.beam_args = argv[1:]
+    else:
+        args = parser.parse_args(argv)
+        args.beam_args = []
     try:
         return args.func(args, out)
     except UsageError as exc:

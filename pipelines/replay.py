@@ -6,24 +6,76 @@ dedup token on write, ``*_dedup`` views over what still lands twice).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import logging
+import pathlib
 import sys
-from collections.abc import Iterator, Sequence
+import threading
+import time
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import IO, Any
 
 import apache_beam as beam
 import msgspec
+import orjson
 from apache_beam.io import fileio
+from apache_beam.io.filesystem import CompressionTypes
 
 from pipelines.common import monitors, publish_anomalies, sink_fns, specs_from
-from pipelines.options import AuditOptions, OptionsError, validate
+from pipelines.options import AuditOptions, OptionsError, parse_command_line, validate
+from pipelines.provision import ProvisionError, prepare_sinks, provision_command
+from schemas.specs import PiiKey, SpecError, redactors
 from transforms.deadletters import RawMessage
 from transforms.dedup import DropLaterCopies, DuplicateKeys
 from transforms.metrics import counter
 from transforms.monitors.drift import anomaly_row
+from transforms.sinks.errors import find_sink_failure, parse_marked
 from transforms.sinks.write import WriteAudit
 from transforms.validate import DEAD_LETTERS, ValidateEvents
 
 BATCH_LINES = 2048
+LINES_READ = "replay_lines_read:"  # + kind:path
+BLANK_LINES = "replay_blank_lines:"  # + kind:path
+DEAD_LETTER = "replay_dead_letter:"  # + stage:code:kind-or-table
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+class InputFailure(Exception):
+    """An input file that cannot be read to its end (truncated or corrupt compression).
+
+    Three plain arguments, so Beam can re-raise it with its step annotation appended.
+    """
+
+    def __init__(self, message: str, path: str = "", lines: int = 0) -> None:
+        super().__init__(message, path, lines)
+        self.path, self.lines = path, lines
+
+    def __str__(self) -> str:
+        return str(self.args[0]).split(" [while running")[0]
+
+
+class _Progress:
+    """Lines read so far in this process, for the launcher's progress line (DirectRunner)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.lines = self.files_done = 0
+
+    def add(self, lines: int = 0, files_done: int = 0) -> None:
+        with self._lock:
+            self.lines += lines
+            self.files_done += files_done
+
+    def reset(self) -> None:
+        with self._lock:
+            self.lines = self.files_done = 0
+
+
+PROGRESS = _Progress()
 
 
 def _lines(fh) -> Iterator[bytes]:
@@ -35,24 +87,62 @@ def _lines(fh) -> Iterator[bytes]:
         yield line
 
 
-def _line_batches(readable_file) -> Iterator[list[bytes]]:
-    """The lines of one file (compression by extension) in lists of BATCH_LINES."""
+def _file_lines(readable_file) -> Iterator[bytes]:
+    """Raw lines of one file. ``.gz`` is decompressed here so that a truncated or corrupt
+    file is an error (Beam's reader stops silently at a cut-off member); a UTF-8 BOM at
+    the start of the file is dropped."""
+    path = readable_file.metadata.path
+    n = 0
+    try:
+        if path.endswith(".gz"):
+            raw = readable_file.open(compression_type=CompressionTypes.UNCOMPRESSED)
+            fh = gzip.GzipFile(fileobj=raw, mode="rb")
+        else:
+            fh = readable_file.open()
+        with fh:
+            for line in _lines(fh):
+                if n == 0 and line.startswith(BOM):
+                    line = line[len(BOM) :]
+                n += 1
+                yield line
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputFailure(
+            f"{path}: truncated or corrupt after {n} lines read ({type(exc).__name__}: {exc}); "
+            "re-copy the file and replay it again",
+            path,
+            n,
+        ) from None
+
+
+def _line_batches(readable_file, counted: str = "") -> Iterator[list[bytes]]:
+    """The non-blank lines of one file in lists of BATCH_LINES; with ``counted`` (the kind),
+    lines read and blank lines are counted per file (one pass counts, not the keys pass)."""
     batch: list[bytes] = []
-    blank = 0
-    with readable_file.open() as fh:
-        for line in _lines(fh):
-            line = line.rstrip(b"\r\n")
-            if not line.strip():
-                blank += 1
-                continue
-            batch.append(line)
-            if len(batch) >= BATCH_LINES:
-                yield batch
-                batch = []
+    blank = read = 0
+    for line in _file_lines(readable_file):
+        line = line.rstrip(b"\r\n")
+        if not line.strip():
+            blank += 1
+            continue
+        batch.append(line)
+        if len(batch) >= BATCH_LINES:
+            read += len(batch)
+            if counted:
+                PROGRESS.add(len(batch))
+            yield batch
+            batch = []
     if batch:
+        read += len(batch)
+        if counted:
+            PROGRESS.add(len(batch))
         yield batch
-    if blank:
-        counter("blank_lines_skipped").inc(blank)
+    if counted:
+        path = readable_file.metadata.path
+        counter(f"{LINES_READ}{counted}:{path}").inc(read)
+        if blank:
+            counter("blank_lines_skipped").inc(blank)
+            counter(f"{BLANK_LINES}{counted}:{path}").inc(blank)
+        PROGRESS.add(files_done=1)
 
 
 def _read_batches(p: beam.Pipeline, label: str, glob: str) -> beam.PCollection:
@@ -67,11 +157,12 @@ def _read_batches(p: beam.Pipeline, label: str, glob: str) -> beam.PCollection:
 
 
 def _read(p: beam.Pipeline, label: str, glob: str) -> beam.PCollection:
-    """Batches of RawMessage tagged with their source file."""
+    """Batches of RawMessage tagged with their source file; lines read are counted per file."""
+    kind = "prediction" if label == "Predictions" else "label"
 
     def to_messages(readable_file) -> Iterator[list[RawMessage]]:
         attrs = {"source_file": readable_file.metadata.path}
-        for batch in _line_batches(readable_file):
+        for batch in _line_batches(readable_file, kind):
             yield [RawMessage(line, attrs) for line in batch]
 
     return (
@@ -154,20 +245,269 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         out["anomalies"] = mon["anomalies"] | "AnomalyRows" >> beam.Map(anomaly_row)
         if opts.anomaly_topic:
             publish_anomalies(mon["anomalies"], opts.anomaly_topic)
-    out["all_dead_letters"] = dict(out) | "Write" >> WriteAudit(sink_fns(opts, sinks, "replay"), opts.sink_batch_size)
+    out["all_dead_letters"] = dict(out) | "Write" >> WriteAudit(
+        sink_fns(opts, sinks, "replay"), opts.sink_batch_size
+    )
+    _ = out["all_dead_letters"] | "CountDeadLetters" >> beam.ParDo(_CountDeadLetters())
     return out
 
 
-def run(argv: Sequence[str] | None = None) -> int:
-    opts = AuditOptions(list(argv) if argv is not None else sys.argv[1:])
+def dead_letter_counter(dead: dict) -> str:
+    """The summary's counter for one dead letter: stage, code and its kind (or, for a row a
+    sink refused, the table it was meant for).
+
+    >>> dead_letter_counter({"stage": "decode", "error_code": "invalid_json", "kind": "prediction"})
+    'replay_dead_letter:decode:invalid_json:prediction'
+    >>> dead_letter_counter({"stage": "sink.bigquery", "error_code": "sink_rejected", "kind": "row",
+    ...                      "error_path": "$.labels"})
+    'replay_dead_letter:sink.bigquery:sink_rejected:labels'
+    """
+    kind = dead.get("kind") or ""
+    if kind == "row":
+        kind = str(dead.get("error_path") or "").removeprefix("$.")
+    return f"{DEAD_LETTER}{dead.get('stage')}:{dead.get('error_code')}:{kind}"
+
+
+class _CountDeadLetters(beam.DoFn):
+    """Counts every dead letter (input and sink-refused) by stage and code, for the summary."""
+
+    def process(self, dead: dict) -> Iterator[None]:
+        counter(dead_letter_counter(dead)).inc()
+        return iter(())
+
+
+# -- the launcher: checks, the run, the summary ------------------------------------------------
+PROG = "predaudit replay"
+AUDITED = ("predictions", "labels")
+
+
+def summarize(counters: Mapping[str, int], sinks: Sequence[str]) -> dict[str, Any]:
+    """The replay summary from the run's counters, with the conservation check per sink:
+    input lines = rows written + rows the sink refused (dead letters) + input dead letters
+    + duplicates collapsed, and every dead letter written. ``exit_code`` 0 when it holds.
+
+    >>> c = {"replay_lines_read:prediction:/f": 5, "clickhouse_rows_written_predictions": 3,
+    ...      "predictions_duplicates": 1, "replay_dead_letter:decode:invalid_json:prediction": 1,
+    ...      "clickhouse_rows_written_dead_letters": 1}
+    >>> s = summarize(c, ["clickhouse"])
+    >>> s["accounted"], s["exit_code"], s["dead_letters"]
+    (True, 0, {'invalid_json': 1})
+    >>> s = summarize({**c, "clickhouse_rows_written_predictions": 2}, ["clickhouse"])
+    >>> s["exit_code"], s["problems"][0]
+    (1, 'clickhouse: 1 of 5 input lines are in no table (rows 2, refused 0, dead letters 1, duplicates 1)')
+    """
+    files: list[dict[str, Any]] = []
+    written: dict[str, dict[str, int]] = {s: {} for s in sinks}
+    dead: dict[tuple[str, str, str], int] = {}
+    for name, n in sorted(counters.items()):
+        if name.startswith(LINES_READ):
+            kind, path = name[len(LINES_READ) :].split(":", 1)
+            blank = counters.get(f"{BLANK_LINES}{kind}:{path}", 0)
+            files.append({"path": path, "kind": kind, "lines": n, "blank": blank})
+        elif name.startswith(DEAD_LETTER):
+            stage, code, what = name[len(DEAD_LETTER) :].split(":", 2)
+            dead[(stage, code, what)] = dead.get((stage, code, what), 0) + n
+        else:
+            for sink in sinks:
+                prefix = f"{sink}_rows_written_"
+                if name.startswith(prefix):
+                    written[sink][name[len(prefix) :]] = n
+    lines = sum(f["lines"] for f in files)
+    dups = {t: counters.get(f"{t}_duplicates", 0) for t in AUDITED}
+    input_dead: dict[str, int] = {}
+    refused: dict[str, dict[str, int]] = {s: {} for s in sinks}
+    for (stage, code, what), n in dead.items():
+        if stage.startswith("sink."):
+            by_code = refused.setdefault(stage[len("sink.") :], {})
+            by_code[code] = by_code.get(code, 0) + n
+        elif what in ("prediction", "label"):  # an input line (decode, dedup conflict)
+            input_dead[code] = input_dead.get(code, 0) + n
+    total_dead = sum(dead.values())
+    problems = []
+    for sink in sinks:
+        rows = sum(written[sink].get(t, 0) for t in AUDITED)
+        ref = sum(n for (stage, _, what), n in dead.items() if stage == f"sink.{sink}" and what in AUDITED)
+        accounted = rows + ref + sum(input_dead.values()) + sum(dups.values())
+        if accounted != lines:
+            missing = lines - accounted
+            what = "are in no table" if missing > 0 else "more rows than input lines: counted twice"
+            problems.append(
+                f"{sink}: {abs(missing)} of {lines} input lines {what} (rows {rows}, refused {ref}, "
+                f"dead letters {sum(input_dead.values())}, duplicates {sum(dups.values())})"
+            )
+        dl = written[sink].get("dead_letters", 0)
+        if dl != total_dead:
+            problems.append(f"{sink}: {total_dead - dl} of {total_dead} dead letters were not written")
+    return {
+        "files": files,
+        "lines": lines,
+        "rows_written": written,
+        "duplicates": dups,
+        "conflicting_duplicates": input_dead.get("conflicting_duplicate", 0),
+        "dead_letters": dict(sorted(input_dead.items(), key=lambda kv: (-kv[1], kv[0]))),
+        "sink_refused": {s: by for s, by in refused.items() if by},
+        "accounted": not problems,
+        "problems": problems,
+        "exit_code": 0 if not problems else 1,
+    }
+
+
+def render_summary(summary: Mapping[str, Any]) -> str:
+    """The summary as text for stdout."""
+    out = ["replay summary"]
+    for f in summary["files"]:
+        blank = f", {f['blank']} blank skipped" if f["blank"] else ""
+        out.append(f"  read      {f['path']} ({f['kind']}s): {f['lines']} lines{blank}")
+    for sink, tables in summary["rows_written"].items():
+        per = ", ".join(f"{t} {n}" for t, n in sorted(tables.items())) or "nothing"
+        out.append(f"  written   {sink}: {per}")
+    dups = summary["duplicates"]
+    out.append(
+        f"  duplicates collapsed: {sum(dups.values())} ({', '.join(f'{t} {n}' for t, n in dups.items())})"
+    )
+    out.append(f"  conflicting duplicates: {summary['conflicting_duplicates']} (kept as dead letters)")
+    codes = ", ".join(f"{c} {n}" for c, n in summary["dead_letters"].items()) or "none"
+    out.append(f"  dead letters by code: {codes}")
+    for sink, by in summary["sink_refused"].items():
+        out.append(f"  refused by {sink}: {', '.join(f'{c} {n}' for c, n in sorted(by.items()))}")
+    if summary["accounted"]:
+        out.append(
+            f"  accounted: all {summary['lines']} input lines are rows, dead letters or counted "
+            f"duplicates in {', '.join(summary['rows_written'])}"
+        )
+    else:
+        out += [f"  NOT ACCOUNTED: {p}" for p in summary["problems"]]
+    return "\n".join(out) + "\n"
+
+
+class _Reporter(threading.Thread):
+    """Writes a progress line to stderr every ``interval_s`` while the pipeline runs."""
+
+    def __init__(self, interval_s: float, files: int, stream: IO[str]) -> None:
+        super().__init__(name="replay-progress", daemon=True)
+        self.interval_s, self.files, self.stream = interval_s, files, stream
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        start = time.monotonic()
+        while not self.done.wait(self.interval_s):
+            elapsed = time.monotonic() - start
+            lines, done = PROGRESS.lines, PROGRESS.files_done
+            self.stream.write(
+                f"{PROG}: {lines:,} lines read, {done} of {self.files} files, "
+                f"{lines / max(elapsed, 1e-9):,.0f} lines/s, {elapsed:.0f} s\n"
+            )
+            self.stream.flush()
+
+
+def _match(glob: str, flag: str) -> list[str]:
+    """The files a glob names, or OptionsError (a glob matching nothing is a usage error)."""
+    from apache_beam.io.filesystem import BeamIOError
+    from apache_beam.io.filesystems import FileSystems
+
     try:
-        validate(opts, "replay")
+        found = [m.path for r in FileSystems.match([glob]) for m in r.metadata_list]
+    except BeamIOError as exc:
+        raise OptionsError(f"{flag}={glob!r}: cannot list files: {exc}") from None
+    if not found:
+        raise OptionsError(f"{flag}={glob!r} matches no file")
+    return sorted(found)
+
+
+def _counters(result) -> dict[str, int]:
+    """Every predaudit counter of a finished run, summed over steps."""
+    from apache_beam.metrics.metric import MetricsFilter
+
+    from transforms.metrics import NAMESPACE
+
+    totals: dict[str, int] = {}
+    for c in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        value = c.committed if c.committed is not None else c.attempted
+        totals[c.key.metric.name] = totals.get(c.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def _run_failure(exc: BaseException) -> str | None:
+    """The one line for a failure that ends a replay with exit 1 (sink failure, unreadable
+    input), found through Beam's wrapping; None for anything else (a bug: re-raised)."""
+    failure = find_sink_failure(exc) or parse_marked(str(exc))
+    if failure is not None:
+        failure.sink = failure.sink.split(" [while running")[0]
+        return f"sink failure: {failure}"
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, InputFailure):
+            return str(cur)
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def run(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
+    """``predaudit replay``: exit 0 = every input line is in a table, 1 = something could not be
+    written (the summary or the error line says what), 2 = usage or configuration error."""
+    out = out or sys.stdout
+    err = sys.stderr
+
+    def fail(code: int, message: object, summary_json: str = "") -> int:
+        line = " ".join(str(message).split())  # one line, whatever the source
+        err.write(f"{PROG}: error: {line}\n")
+        if summary_json and code == 1:
+            pathlib.Path(summary_json).write_bytes(orjson.dumps({"exit_code": code, "error": line}))
+        return code
+
+    try:
+        launch, flags = parse_command_line(sys.argv[1:] if argv is None else argv, "replay", PROG)
+    except SystemExit as exc:  # --help
+        return int(exc.code or 0)
     except OptionsError as exc:
-        sys.stderr.write(f"predaudit replay: error: {exc}\n")
-        return 2
-    with beam.Pipeline(options=opts) as p:
+        return fail(2, exc)
+    opts = AuditOptions(flags)
+    try:
+        sinks = validate(opts, "replay")
+        redactors(specs_from(opts), PiiKey.from_env())  # a malformed spec or a missing PII key
+        files = _match(opts.input, "--input")
+        if opts.labels_input:
+            files += _match(opts.labels_input, "--labels_input")
+        problems = prepare_sinks(opts, sinks, create=not launch.no_create_tables)
+    except (OptionsError, SpecError, ProvisionError) as exc:
+        return fail(2, exc)
+    except (ValueError, OSError) as exc:  # an unusable PII key or key file
+        return fail(2, f"PII key: {exc}")
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        return fail(
+            1,
+            f"sink failure: {problems[0]}{more} -- fix: run `{provision_command(opts, sinks)}` "
+            "(or replay without --no_create_tables)",
+            launch.summary_json,
+        )
+    PROGRESS.reset()
+    reporter = _Reporter(launch.progress_interval_s, len(files), err)
+    if launch.progress_interval_s > 0:
+        reporter.start()
+    beam_log = logging.getLogger("apache_beam.runners.common")  # logs each DoFn failure's traceback
+    level = beam_log.level
+    beam_log.setLevel(logging.CRITICAL)
+    try:
+        p = beam.Pipeline(options=opts)
         build(p, opts)
-    return 0
+        result = p.run()
+        result.wait_until_finish()
+    except Exception as exc:
+        line = _run_failure(exc)
+        if line is None:
+            raise
+        return fail(1, line, launch.summary_json)
+    finally:
+        reporter.done.set()
+        beam_log.setLevel(level)
+    summary = summarize(_counters(result), sinks)
+    out.write(render_summary(summary))
+    if launch.summary_json:
+        pathlib.Path(launch.summary_json).write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+    return summary["exit_code"]
 
 
 if __name__ == "__main__":
