@@ -41,8 +41,9 @@ def _read(p: beam.Pipeline, label: str, subscription: str, opts: AuditOptions) -
             subscription=subscription,
             with_attributes=True,
             timestamp_attribute=opts.timestamp_attribute or None,
-            # Dataflow dedups redeliveries by this attribute; the DirectRunner rejects id_label
-            id_label="event_id" if on_dataflow else None,
+            # no id_label: Dataflow would dedup by the bare event_id attribute, dropping another
+            # model's prediction that reuses the id; DedupByEventId dedups redeliveries by identity
+            id_label=None,
         )
         | f"{label}ToMessages" >> beam.Map(to_raw_message)
     )
@@ -54,18 +55,19 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     preds = _read(
         p, "Predictions", opts.predictions_subscription, opts
     ) | "ValidatePredictions" >> ValidateEvents("prediction", specs=specs)
-    out = {
-        "predictions": preds.rows | "DedupPredictions" >> DedupByEventId(opts.dedup_horizon_s, "predictions")
-    }
-    dead = [preds[DEAD_LETTERS]]
+    # dedup by identity (model name, event_id); conflicting later copies become dead letters
+    pred_dedup = preds.rows | "DedupPredictions" >> DedupByEventId(opts.dedup_horizon_s, "predictions")
+    out = {"predictions": pred_dedup.rows}
+    dead = [preds[DEAD_LETTERS], pred_dedup[DEAD_LETTERS]]
     if opts.labels_subscription:
         labels = _read(p, "Labels", opts.labels_subscription, opts) | "ValidateLabels" >> ValidateEvents(
             "label"
         )
-        out["labels"] = labels.rows | "DedupLabels" >> DedupByEventId(
+        label_dedup = labels.rows | "DedupLabels" >> DedupByEventId(
             opts.dedup_horizon_s, "labels", "payload_sha256"
         )
-        dead.append(labels[DEAD_LETTERS])
+        out["labels"] = label_dedup.rows
+        dead += [labels[DEAD_LETTERS], label_dedup[DEAD_LETTERS]]
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
     mon = monitors(out["predictions"], opts, specs, bounded=False, labels=out.get("labels"))
     if mon:

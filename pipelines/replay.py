@@ -29,6 +29,7 @@ from pipelines.provision import ProvisionError, prepare_sinks, provision_command
 from schemas.specs import PiiKey, SpecError, redactors
 from transforms.deadletters import RawMessage
 from transforms.dedup import DropLaterCopies, DuplicateKeys
+from transforms.identity import identity
 from transforms.metrics import counter
 from transforms.monitors.drift import anomaly_row
 from transforms.sinks.errors import find_sink_failure, parse_marked
@@ -178,7 +179,17 @@ class _EventId(msgspec.Struct):
     event_id: str
 
 
+class _ModelName(msgspec.Struct):
+    name: str
+
+
+class _Identity(msgspec.Struct):
+    event_id: str
+    model: _ModelName
+
+
 _EVENT_ID = msgspec.json.Decoder(_EventId)
+_IDENTITY = msgspec.json.Decoder(_Identity)
 
 
 def event_id_of(raw: bytes) -> str | None:
@@ -191,6 +202,25 @@ def event_id_of(raw: bytes) -> str | None:
         return _EVENT_ID.decode(raw).event_id
     except (msgspec.DecodeError, UnicodeDecodeError):
         return None
+
+
+def identity_of(raw: bytes) -> str | None:
+    """The identity (model name, event_id) of a raw PredictionEvent, or None (a dead letter).
+
+    The same key as ``transforms.identity.row_identity`` of the row it becomes.
+
+    >>> from transforms.identity import identity
+    >>> identity_of(b'{"event_id": "evt-00000001", "model": {"name": "fraud"}}') == identity(
+    ...     "fraud", "evt-00000001")
+    True
+    >>> identity_of(b'{"event_id": "evt-00000001"}'), identity_of(b"{")
+    (None, None)
+    """
+    try:
+        ev = _IDENTITY.decode(raw)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    return identity(ev.model.name, ev.event_id)
 
 
 def payload_sha256_of(raw: bytes) -> str:
@@ -210,24 +240,23 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     preds = _read(p, "Predictions", opts.input) | "ValidatePredictions" >> ValidateEvents(
         "prediction", specs=specs, check_time_bounds=False, batched=True
     )
-    pred_dups = _keys_pass(p, "Predictions", opts.input, event_id_of)
-    out = dict(
-        zip(
-            ("predictions", "predictions/duplicates"),
-            preds.rows | "DedupPredictions" >> DropLaterCopies(pred_dups, "predictions"),
-            strict=True,
-        )
+    pred_dups = _keys_pass(p, "Predictions", opts.input, identity_of)
+    out: dict[str, beam.PCollection] = {}
+    # dedup by identity (model name, event_id); conflicting later copies become dead letters
+    out["predictions"], out["predictions/duplicates"], pred_conflicts = (
+        preds.rows | "DedupPredictions" >> DropLaterCopies(pred_dups, "predictions")
     )
-    dead = [preds[DEAD_LETTERS]]
+    dead = [preds[DEAD_LETTERS], pred_conflicts]
     if opts.labels_input:
         labels = _read(p, "Labels", opts.labels_input) | "ValidateLabels" >> ValidateEvents(
             "label", check_time_bounds=False, batched=True
         )
         label_dups = _keys_pass(p, "Labels", opts.labels_input, payload_sha256_of)
-        out["labels"], out["labels/duplicates"] = labels.rows | "DedupLabels" >> DropLaterCopies(
-            label_dups, "labels", "payload_sha256", "label_time"
+        out["labels"], out["labels/duplicates"], label_conflicts = (
+            labels.rows
+            | "DedupLabels" >> DropLaterCopies(label_dups, "labels", "payload_sha256", "label_time")
         )
-        dead.append(labels[DEAD_LETTERS])
+        dead += [labels[DEAD_LETTERS], label_conflicts]
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
     # per row at event time, for the event-time windows (only when a model has a reference)
     # row batches go to the monitors as they are: each batch is binned per event-time window

@@ -115,16 +115,26 @@ def dead_letter(
 
 
 def row_dead_letter(
-    table: str, row: Mapping[str, Any], *, stage: str, code: str, message: str
+    table: str,
+    row: Mapping[str, Any],
+    *,
+    stage: str,
+    code: str,
+    message: str,
+    kind: str = "row",
+    path: str | None = None,
 ) -> dict[str, Any]:
-    """A dead letter for an audit row a sink refused or could not write (the row is the payload)."""
+    """A dead letter for an audit row a sink refused or could not write (the row is the payload).
+
+    The row already has its PII rules applied, so the payload needs no further redaction.
+    """
     payload = orjson.dumps(dict(row), default=str, option=orjson.OPT_NON_STR_KEYS)
     return dead_letter(
         RawMessage(payload, {"table": table}, row.get("message_id"), _maybe_dt(row.get("publish_time"))),
         stage=stage,
-        kind="row",
+        kind=kind,
         code=code,
-        path=f"$.{table}",
+        path=path or f"$.{table}",
         message=message,
         # tables without an ingest_time (monitor output): the diversion time is the ingest stamp
         ingest_time=_maybe_dt(row.get("ingest_time")) or dt.datetime.now(dt.timezone.utc),
@@ -133,6 +143,48 @@ def row_dead_letter(
         event_id=row.get("event_id"),
         model=(row.get("model_name"), row.get("model_version")),
     )
+
+
+#: the dead-letter ``kind`` of a later copy, per audit table
+_KIND = {"predictions": "prediction", "labels": "label"}
+
+
+def conflict_dead_letter(table: str, row: Mapping[str, Any], first: str) -> dict[str, Any]:
+    """A ``conflicting_duplicate`` dead letter: ``row`` has the identity of an audit row already
+    kept (the first copy, described by ``first``) but different canonical content.
+
+    The later copy itself is the payload (the evidence; PII rules already applied, as on every
+    audit row). Its id depends on the copy's original payload and message id only, not on
+    when it was processed, so replaying the same file twice stores one dead letter per copy.
+
+    >>> row = {"event_id": "evt-00000001", "model_name": "fraud", "model_version": "1",
+    ...        "payload_sha256": "ab" * 32, "ingest_time": 0, "prediction_score": 0.2}
+    >>> d = conflict_dead_letter("predictions", row, "content sha256 " + "cd" * 32)
+    >>> d["stage"], d["kind"], d["error_code"], d["model_name"], d["event_id"]
+    ('dedup', 'prediction', 'conflicting_duplicate', 'fraud', 'evt-00000001')
+    >>> d["dead_letter_id"] == conflict_dead_letter("predictions", {**row, "ingest_time": 9}, "x")["dead_letter_id"]
+    True
+    """
+    model, event_id = row.get("model_name"), row.get("event_id")
+    who = f"({model}, {event_id})" if table == "predictions" else f"label for {event_id}"
+    dead = row_dead_letter(
+        table,
+        row,
+        stage="dedup",
+        code="conflicting_duplicate",
+        kind=_KIND.get(table, "row"),
+        path="$",
+        message=(
+            f"{table}: a later copy of {who} with different content than the audit row "
+            f"(the first copy: {first}); this copy is not audited, it is kept here as evidence. "
+            "Fix the producer: one event_id per prediction and model, re-sent only unchanged"
+        ),
+    )
+    dead["dead_letter_id"] = hashlib.sha256(
+        f"dedup\x00conflicting_duplicate\x00{row.get('payload_sha256') or dead['payload_sha256']}"
+        f"\x00{row.get('message_id') or ''}".encode()
+    ).hexdigest()
+    return dead
 
 
 def _maybe_dt(us: int | None) -> dt.datetime | None:

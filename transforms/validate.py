@@ -23,6 +23,7 @@ from transforms.metrics import counter
 from transforms.rows import label_row, prediction_row
 
 DEAD_LETTERS = "dead_letters"
+_US = dt.timedelta(microseconds=1)
 _log = logging.getLogger(__name__)
 
 
@@ -117,11 +118,19 @@ class _ValidateBatchFn(_ValidateFn):
     Beam's per-element overhead is paid once per batch; the replay pipeline uses it.
     """
 
+    def setup(self) -> None:
+        super().setup()
+        self._next = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
     def process(self, batch: list[RawMessage]) -> Iterator[Any]:
-        ingest_time = dt.datetime.now(dt.timezone.utc)  # one processing-time stamp per batch
+        # one processing-time stamp per batch; message i is stamped i microseconds after it (and
+        # never before the previous batch), so in a file the earlier line is the earlier ingest:
+        # the first copy of an identity, for dedup, is the first line
+        start = max(dt.datetime.now(dt.timezone.utc), self._next)
+        self._next = start + len(batch) * _US
         rows = []
-        for msg in batch:
-            row, dead = self.validate(msg, ingest_time)
+        for i, msg in enumerate(batch):
+            row, dead = self.validate(msg, start + i * _US)
             if dead is not None:
                 yield pvalue.TaggedOutput(DEAD_LETTERS, dead)
             else:
