@@ -50,6 +50,7 @@ def pred_row(i: int, model: str = "fraud", **over: Any) -> dict[str, Any]:
         "ingest_time": 1767225600000000 + i,
         "payload_sha256": "0" * 64,
         "pipeline_version": "test",
+        "quality_issues": [],
     }
     row.update(over)
     return row
