@@ -37,7 +37,21 @@ class SidecarMetrics:
             ["half"],
             registry=r,
         )
+        self.drainer_errors = Counter(
+            p + "drainer_errors", "Failed drainer passes (each is retried)", ["error"], registry=r
+        )
+        self.spool_errors = Counter(
+            p + "spool_errors",
+            "Disk errors the spool survived, by operation (append, fsync, cursor, rotate, unlink)",
+            ["op", "errno"],
+            registry=r,
+        )
         self.spool_bytes = Gauge(p + "spool_bytes", "Bytes of unpublished events in the spool", registry=r)
+        self.spool_disk_bytes = Gauge(
+            p + "spool_disk_bytes",
+            "Bytes of spool segment files on disk (capped by --spool-max-bytes)",
+            registry=r,
+        )
         self.spool_depth = Gauge(p + "spool_depth", "Unpublished events in the spool", registry=r)
         self.oldest_age = Gauge(
             p + "oldest_unpublished_age_seconds", "Age of the oldest unpublished event", registry=r

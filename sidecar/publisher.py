@@ -9,12 +9,17 @@ may be delivered twice (the pipeline dedups by ``event_id``). With ``ordering=Tr
 also carry ``ordering_key = model`` so an ordered subscription delivers them in that order.
 This path costs a fraction of the batching client's per-message Python work (futures, locks),
 which matters because the HTTP handler shares the interpreter.
+
+The drainer thread never dies of an error: a failed pass (a disk error reading a segment, say)
+is counted, logged at most once a minute and retried after a backoff, and ``alive()`` is False
+while passes fail (``/readyz`` says so). Publish workers are daemon threads and ``stop`` closes
+the gRPC channel, so a stop while Pub/Sub is unreachable returns within its timeout (in-flight
+records stay in the spool and are published by the next start).
 """
 
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import logging
 import os
 import queue
@@ -160,7 +165,10 @@ class Drainer:
         )  # fmt: skip
         self._api_factory = api_factory
         self._api: Any = None
-        self._pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pubsub-publish")
+        self._workers = workers
+        self._jobs: queue.SimpleQueue[tuple[_Queue, list[Record]] | None] = queue.SimpleQueue()
+        self._failing = False
+        self._last_log = -120.0
         self._done_q: queue.SimpleQueue[tuple[_Queue, int, BaseException | None, float]] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -173,13 +181,17 @@ class Drainer:
 
     def start(self) -> None:
         self._api = self._api_factory()
+        for i in range(self._workers):
+            # daemon threads: a publish stuck in a retry must not hold the process at exit
+            threading.Thread(target=self._work, name=f"pubsub-publish-{i}", daemon=True).start()
         self._thread.start()
 
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """The drainer thread runs and its last pass succeeded."""
+        return self._thread.is_alive() and not self._failing
 
     def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Publish what is pending for up to ``drain_timeout_s``; the rest stays in the spool."""
+        """Publish what is pending for up to ``drain_timeout_s`` in all; the rest stays in the spool."""
         deadline = time.monotonic() + drain_timeout_s
         while (
             (self.spool.depth or self._inflight) and time.monotonic() < deadline and self._thread.is_alive()
@@ -187,8 +199,19 @@ class Drainer:
             time.sleep(0.02)
         self._stop.set()
         self._wake.set()
-        self._thread.join(5)
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._thread.join(max(0.1, deadline - time.monotonic()))
+        for _ in range(self._workers):
+            self._jobs.put(None)
+        close = getattr(getattr(self._api, "transport", None), "close", None)
+        if close is not None:  # cancels RPCs still in flight (their records stay in the spool)
+            try:
+                close()
+            except Exception as exc:  # noqa: BLE001 (closing at exit: nothing depends on it)
+                log.debug("closing the Pub/Sub channel: %s", type(exc).__name__)
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            self._send(*job)
 
     @property
     def oldest_unpublished_age_s(self) -> float:
@@ -243,7 +266,7 @@ class Drainer:
                 next_due = min(next_due, now + self.max_latency_s - waited)
                 continue
             q.busy = len(batch)
-            self._pool.submit(self._send, q, batch)
+            self._jobs.put((q, batch))
         return next_due
 
     def _completed(self, q: _Queue, n: int, exc: BaseException | None, at: float) -> None:
@@ -284,24 +307,45 @@ class Drainer:
             count, last = count + 1, rec
         if last is not None:
             self.spool.commit(last.segment, last.end, count)
+        elif self.spool.cursor_dirty:  # an earlier cursor write failed (full disk): again
+            self.spool.persist_cursor()
 
     def _run(self) -> None:
-        next_commit = 0.0
+        next_commit, failures = 0.0, 0
         while not self._stop.is_set():
             self._wake.clear()
-            while True:
-                try:
-                    self._completed(*self._done_q.get_nowait())
-                except queue.Empty:
-                    break
-            self._read_new()
-            now = time.monotonic()
-            next_due = self._dispatch(now)
-            if now >= next_commit:
-                self._commit()
-                next_commit = now + self.commit_interval_s
+            try:
+                next_due, next_commit = self._pass(next_commit)
+            except Exception as exc:  # noqa: BLE001 (nothing is dropped: the pass is retried)
+                failures += 1
+                self._failing = True
+                self.metrics.drainer_errors.labels(type(exc).__name__).inc()
+                if time.monotonic() - self._last_log >= 60:
+                    self._last_log = time.monotonic()
+                    log.error("spool drainer pass failed (%s: %s); retrying", type(exc).__name__, exc)
+                self._stop.wait(backoff_s(min(failures, 6), base=0.1, cap=5.0))
+                continue
+            failures, self._failing = 0, False
             if self._wake.wait(max(0.0, min(next_due, next_commit) - time.monotonic())):
                 # woken by an append: let a few more arrive, so the drainer takes the GIL from
                 # the HTTP thread a few hundred times a second rather than once per request
                 time.sleep(COALESCE_S)
-        self._commit()
+        try:
+            self._commit()
+        except Exception as exc:  # noqa: BLE001 (the records stay in the spool for the next start)
+            log.error("final spool commit failed (%s); unconfirmed records are re-sent on restart", exc)
+
+    def _pass(self, next_commit: float) -> tuple[float, float]:
+        """One round: take completions, read new records, send due batches, maybe commit."""
+        while True:
+            try:
+                self._completed(*self._done_q.get_nowait())
+            except queue.Empty:
+                break
+        self._read_new()
+        now = time.monotonic()
+        next_due = self._dispatch(now)
+        if now >= next_commit:
+            self._commit()
+            next_commit = now + self.commit_interval_s
+        return next_due, next_commit

@@ -1,12 +1,18 @@
 """The serving sidecar: accept prediction/label events on loopback, spool them, publish them.
 
 Routes: ``POST /v1/predictions`` and ``POST /v1/labels`` (one JSON event, a JSON array or
-NDJSON) reply 202 once every valid event is in the spool; 400 lists each rejected event by
-index with its contract error code (valid events of the same request are accepted, and the
-body says how many); 413 above ``max_request_bytes``; 401 without the bearer token when one is
-configured; 503 with ``Retry-After`` only when the spool is full. ``POST /`` takes KServe's
-binary-mode CloudEvents (see ``sidecar.kserve``). ``GET /healthz``, ``/readyz`` (spool
-writable, drainer alive) and ``/metrics`` (Prometheus). Payloads are never logged.
+NDJSON). A request is all or nothing, so a client that retries any non-2xx answer can cause
+neither duplicates nor loss: 202 once every event of it is in the spool (and fsynced with
+``--fsync always``); 400 when any event breaks the contract, with nothing spooled and the first
+``MAX_LISTED`` rejected events listed by index with their code, plus counts by code; 413 above
+``max_request_bytes``; 401 without the bearer token when one is configured; 408 when the body
+does not arrive within ``body_timeout_s``; 503 with ``Retry-After`` when the spool is full or
+the disk refused the write (nothing of the request stays). ``POST /`` takes KServe's
+binary-mode CloudEvents (see ``sidecar.kserve``); it is never token-checked, because KServe's
+logger cannot send a token: keep the sidecar on loopback. ``GET /healthz``, ``/readyz``
+(spool writable, drainer passes succeeding) and ``/metrics`` (Prometheus). Payloads are never
+logged. No client input gives a 500: undecodable text and nesting too deep for the parser are
+400s with a code.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as _dt
+import errno
 import gc
 import hmac
 import logging
@@ -35,10 +42,12 @@ from sidecar.attributes import attributes_of
 from sidecar.kserve import Joiner, KServeError, half_from_cloudevent, load_mapping
 from sidecar.metrics import SidecarMetrics
 from sidecar.publisher import Drainer, make_api
-from sidecar.spool import Spool, SpoolFull
+from sidecar.spool import Spool, SpoolFull, SpoolWriteFailed
 
 log = logging.getLogger("predaudit.sidecar")
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
+#: rejected events listed in a 400 body (the rest are counted by code): bounds the body size
+MAX_LISTED = 100
 
 
 @dataclasses.dataclass
@@ -63,6 +72,12 @@ class SidecarConfig:
     batch_max_latency_ms: float = 10.0
     publish_timeout_s: float = 60.0
     retry_after_s: int = 5
+    #: SIGTERM: stop accepting, publish for at most this long in all, exit (the rest stays spooled)
+    shutdown_grace_s: float = 5.0
+    #: a connection without a complete request for this long is closed (slowloris, idle keep-alive)
+    idle_timeout_s: float = 15.0
+    #: a request body must arrive within this long (408 otherwise)
+    body_timeout_s: float = 10.0
     limits: Limits = dataclasses.field(default_factory=Limits)
 
     def topic_path(self, topic: str) -> str:
@@ -70,7 +85,11 @@ class SidecarConfig:
 
 
 class BodyError(ValueError):
-    pass
+    """A request body that is not one JSON value, a JSON array or NDJSON (``code`` says why)."""
+
+    def __init__(self, message: str, code: str = "invalid_json") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def split_body(body: bytes, content_type: str = "application/json") -> list[bytes]:
@@ -82,6 +101,10 @@ def split_body(body: bytes, content_type: str = "application/json") -> list[byte
     [b'{"a": 1}', b'{"b": 2}']
     >>> split_body(b'{"a": 1}\\n{"b": 2}')
     [b'{"a": 1}', b'{"b": 2}']
+    >>> split_body(b"[" * 100_000 + b"]" * 100_000)
+    Traceback (most recent call last):
+    ...
+    sidecar.server.BodyError: the JSON array nests deeper than the parser allows
     """
     head = body.lstrip()[:1]
     if not head:
@@ -93,11 +116,17 @@ def split_body(body: bytes, content_type: str = "application/json") -> list[byte
             return [bytes(r) for r in _RAW_LIST.decode(body)]
         except msgspec.DecodeError as exc:
             raise BodyError(f"the JSON array does not parse: {exc}") from None
+        except RecursionError:
+            raise BodyError(
+                "the JSON array nests deeper than the parser allows", "nesting_too_deep"
+            ) from None
     stripped = body.strip()
     if b"\n" in stripped:
         try:
             msgspec.json.decode(stripped)
             return [stripped]  # one pretty-printed object
+        except RecursionError:
+            return [stripped]  # one object, too deep: the event decoder names the error
         except msgspec.DecodeError:
             return [line.strip() for line in stripped.splitlines() if line.strip()]
     return [stripped]
@@ -110,7 +139,9 @@ class Sidecar:
         self.cfg = cfg
         self.metrics = SidecarMetrics()
         self.decoders = Decoders(cfg.limits)
-        self.spool = Spool(cfg.spool_dir, cfg.spool_max_bytes, cfg.fsync, cfg.fsync_interval_s)
+        self.spool = Spool(
+            cfg.spool_dir, cfg.spool_max_bytes, cfg.fsync, cfg.fsync_interval_s, on_error=self._spool_error
+        )
         topics = {
             "prediction": cfg.topic_path(cfg.predictions_topic),
             "label": cfg.topic_path(cfg.labels_topic),
@@ -140,10 +171,20 @@ class Sidecar:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._sweeper: asyncio.Task | None = None
+        self._last_spool_log: dict[str, float] = {}
+
+    def _spool_error(self, op: str, exc: OSError) -> None:
+        """A disk error the spool survived: counted, logged at most once a minute per operation."""
+        name = errno.errorcode.get(exc.errno or 0, "EIO")
+        self.metrics.spool_errors.labels(op, name).inc()
+        now = time.monotonic()
+        if now - self._last_spool_log.get(op, -120.0) >= 60:
+            self._last_spool_log[op] = now
+            log.error("spool %s failed in %s: %s (%s); retrying", op, self.cfg.spool_dir, name, exc.strerror)
 
     # -- app --------------------------------------------------------------------------------
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.cfg.max_request_bytes)
+        app = web.Application(client_max_size=self.cfg.max_request_bytes, middlewares=[_client_errors])
         app.router.add_post("/v1/predictions", self._predictions)
         app.router.add_post("/v1/labels", self._labels)
         app.router.add_post("/", self._kserve)
@@ -156,7 +197,9 @@ class Sidecar:
         if self._token is None:
             return True
         got = request.headers.get("Authorization", "")
-        return got.startswith("Bearer ") and hmac.compare_digest(got[7:].strip().encode(), self._token)
+        # header bytes that are not UTF-8 arrive as surrogates: compare the client's bytes
+        sent = got[7:].strip().encode("utf-8", "surrogateescape")
+        return got.startswith("Bearer ") and hmac.compare_digest(sent, self._token)
 
     @staticmethod
     def _json(status: int, doc: dict, headers: dict[str, str] | None = None) -> web.Response:
@@ -170,8 +213,8 @@ class Sidecar:
         self.metrics.requests.labels(route, str(status)).inc()
         return self._json(status, {"error": {"code": code, "message": message, "hint": hint}, **extra})
 
-    async def _read_body(self, request: web.Request, route: str) -> bytes | web.Response:
-        if not self._authorized(request):
+    async def _read_body(self, request: web.Request, route: str, auth: bool = True) -> bytes | web.Response:
+        if auth and not self._authorized(request):
             return self._error(
                 route,
                 401,
@@ -182,9 +225,20 @@ class Sidecar:
         if request.content_length is not None and request.content_length > self.cfg.max_request_bytes:
             return self._too_large(route)
         try:
-            return await request.read()
+            async with asyncio.timeout(self.cfg.body_timeout_s):
+                return await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._too_large(route)
+        except TimeoutError:
+            resp = self._error(
+                route,
+                408,
+                "request_timeout",
+                f"the request body did not arrive within {self.cfg.body_timeout_s:g} s",
+                "Send the whole body at once; the connection is closed.",
+            )
+            resp.force_close()
+            return resp
 
     def _too_large(self, route: str) -> web.Response:
         return self._error(
@@ -209,53 +263,76 @@ class Sidecar:
         try:
             items = split_body(body, request.content_type)
         except BodyError as exc:
-            self.metrics.rejected.labels(kind, "invalid_json").inc()
-            return self._error(
-                route, 400, "invalid_json", str(exc), "Send a JSON object, a JSON array or NDJSON."
-            )
+            self.metrics.rejected.labels(kind, exc.code).inc()
+            return self._error(route, 400, exc.code, str(exc), "Send a JSON object, a JSON array or NDJSON.")
         now = _dt.datetime.now(_dt.timezone.utc)  # ingest time for the contract's clock-skew bound
         accepted_at = time.time()
         decode = self.decoders.prediction if kind == "prediction" else self.decoders.label
-        records, rejected = [], []
+        records: list = []
+        listed: list[dict[str, Any]] = []
+        by_code: dict[str, int] = {}
         for i, raw in enumerate(items):
             try:
                 ev, ts = decode(raw, now)
             except EventValidationError as exc:
-                self.metrics.rejected.labels(kind, exc.code).inc()
-                rejected.append({"index": i, **exc.to_dict()})
+                by_code[exc.code] = by_code.get(exc.code, 0) + 1
+                if len(listed) < MAX_LISTED:
+                    listed.append({"index": i, **exc.to_dict()})
                 continue
-            attrs = attributes_of(ev, ts)
-            records.append((kind, attrs.get("model", ""), raw, attrs, accepted_at))
-        if records:
-            full = await self._append(records)
-            if full is not None:
-                self.metrics.requests.labels(route, "503").inc()
-                return self._json(
-                    503,
-                    {
-                        "error": {
-                            "code": "spool_full",
-                            "message": full,
-                            "hint": "Retry after the Retry-After delay.",
-                        }
-                    },
-                    headers={"Retry-After": str(self.cfg.retry_after_s)},
-                )
-            self.metrics.accepted.labels(kind).inc(len(records))
-        status = 400 if rejected else 202
-        self.metrics.requests.labels(route, str(status)).inc()
+            if not by_code:  # once one event is rejected, the request is: stop building records
+                attrs = attributes_of(ev, ts)
+                records.append((kind, attrs.get("model", ""), raw, attrs, accepted_at))
+        if by_code:
+            return self._rejected(route, kind, len(items), listed, by_code)
+        full = await self._append(records)
+        if full is not None:
+            return self._unavailable(route, full)
+        self.metrics.accepted.labels(kind).inc(len(records))
+        self.metrics.requests.labels(route, "202").inc()
         self.metrics.request_latency.labels(route).observe(time.perf_counter() - t0)
-        doc: dict[str, Any] = {"accepted": len(records)}
-        if rejected:
-            doc["rejected"] = rejected
-        return self._json(status, doc)
+        return self._json(202, {"accepted": len(records)})
 
-    async def _append(self, records: list) -> str | None:
-        """Spool records (and wait for fsync in ``always`` mode); the SpoolFull message or None."""
+    def _rejected(
+        self, route: str, kind: str, n: int, listed: list[dict[str, Any]], by_code: dict[str, int]
+    ) -> web.Response:
+        """400 for a request with invalid events: none of its events is spooled."""
+        for code, count in by_code.items():
+            self.metrics.rejected.labels(kind, code).inc(count)
+        bad = sum(by_code.values())
+        return self._error(
+            route,
+            400,
+            "invalid_events",
+            f"{bad} of {n} events break the contract; nothing of this request was accepted",
+            "Fix or drop the rejected events and send the request again (all or nothing).",
+            accepted=0,
+            rejected=listed,
+            rejected_count=bad,
+            rejected_by_code=by_code,
+        )
+
+    def _unavailable(self, route: str, exc: SpoolFull) -> web.Response:
+        """503 + Retry-After: the spool is full or the disk refused the write (nothing stored)."""
+        self.metrics.requests.labels(route, "503").inc()
+        if isinstance(exc, SpoolWriteFailed):
+            code, hint = (
+                "spool_write_failed",
+                "Retry after the Retry-After delay; the sidecar's disk is full or failing.",
+            )
+        else:
+            code, hint = "spool_full", "Retry after the Retry-After delay."
+        return self._json(
+            503,
+            {"accepted": 0, "error": {"code": code, "message": str(exc), "hint": hint}},
+            headers={"Retry-After": str(self.cfg.retry_after_s)},
+        )
+
+    async def _append(self, records: list) -> SpoolFull | None:
+        """Spool records (and wait for fsync in ``always`` mode); the SpoolFull error or None."""
         try:
             ticket = self.spool.append(records)
         except SpoolFull as exc:
-            return str(exc)
+            return exc
         if self.cfg.fsync == "always":
             loop = asyncio.get_running_loop()
             done = loop.create_future()
@@ -276,18 +353,15 @@ class Sidecar:
 
     async def _kserve(self, request: web.Request) -> web.Response:
         route = "/"
-        body = await self._read_body(request, route)
+        body = await self._read_body(request, route, auth=False)  # KServe's logger sends no token
         if isinstance(body, web.Response):
             return body
         if self.joiner is None:
             err = KServeError("kserve_not_configured", "this sidecar has no KServe mapping")
             self.metrics.rejected.labels("prediction", err.code).inc()
             return self._json(400, {"rejected": [err.to_dict()]})
-        if self.spool.unpublished_bytes + 2 * len(body) > self.spool.max_bytes:
-            self.metrics.requests.labels(route, "503").inc()
-            return self._json(
-                503, {"error": {"code": "spool_full"}}, headers={"Retry-After": str(self.cfg.retry_after_s)}
-            )
+        if self.spool.used_bytes + 2 * len(body) > self.spool.max_bytes:
+            return self._unavailable(route, SpoolFull(f"spool holds {self.spool.used_bytes} bytes"))
         try:
             half = half_from_cloudevent(request.headers, body, time.time())
             emitted = self.joiner.add(half)
@@ -296,12 +370,7 @@ class Sidecar:
             self.metrics.requests.labels(route, "400").inc()
             return self._json(400, {"rejected": [exc.to_dict()]})
         except SpoolFull as exc:
-            self.metrics.requests.labels(route, "503").inc()
-            return self._json(
-                503,
-                {"error": {"code": "spool_full", "message": str(exc)}},
-                headers={"Retry-After": str(self.cfg.retry_after_s)},
-            )
+            return self._unavailable(route, exc)
         if self.cfg.fsync == "always":
             await self._append([])
         self.metrics.requests.labels(route, "202").inc()
@@ -322,19 +391,28 @@ class Sidecar:
         return web.Response(text="ok\n")
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self.spool.writable() and self.drainer.alive()
+        ready = self.spool.writable() and self.drainer.alive()  # alive: its passes succeed
         return web.Response(status=200 if ready else 503, text="ready\n" if ready else "not ready\n")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         m = self.metrics
         m.spool_bytes.set(self.spool.unpublished_bytes)
+        m.spool_disk_bytes.set(self.spool.used_bytes)
         m.spool_depth.set(self.spool.depth)
         m.oldest_age.set(self.drainer.oldest_unpublished_age_s)
         return web.Response(body=m.render(), content_type="text/plain", charset="utf-8")
 
     # -- lifecycle --------------------------------------------------------------------------
     async def _start_async(self) -> None:
-        self._runner = web.AppRunner(self.app(), access_log=None)
+        self._runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            keepalive_timeout=self.cfg.idle_timeout_s,
+            # an answer sent before its body was read (408, 413): drain it for at most 1 s, close
+            lingering_time=min(1.0, self.cfg.body_timeout_s),
+            # in-flight requests get at most a fifth of the grace to finish at shutdown
+            shutdown_timeout=max(0.1, self.cfg.shutdown_grace_s / 5),
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.cfg.host, self.cfg.port, backlog=2048, reuse_address=True)
         await site.start()
@@ -374,12 +452,18 @@ class Sidecar:
             raise errors[0]
         return self
 
-    def stop(self, drain_timeout_s: float = 5.0) -> None:
-        """Stop accepting, publish what is pending for a while, close the spool."""
+    def stop(self, drain_timeout_s: float | None = None) -> None:
+        """Stop accepting, publish what is pending, close the spool: all within the grace.
+
+        ``drain_timeout_s`` defaults to ``shutdown_grace_s``; what is not published by then
+        stays in the spool for the next start.
+        """
+        grace = self.cfg.shutdown_grace_s if drain_timeout_s is None else drain_timeout_s
+        deadline = time.monotonic() + grace
         if self._loop is not None and self._thread is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self.drainer.stop(drain_timeout_s)
+            self._thread.join(max(0.5, grace / 4))
+        self.drainer.stop(max(0.0, deadline - time.monotonic() - 0.25))
         if self.joiner is not None:
             self.joiner.close()
         self.spool.close()
@@ -402,6 +486,23 @@ class Sidecar:
         print(f"predaudit sidecar listening on http://{self.cfg.host}:{self.port}", flush=True)
         stop.wait()
         self.stop()
+
+
+@web.middleware
+async def _client_errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """Text a client sent that cannot be decoded, or nests past the parser: a 400 with a code."""
+    try:
+        return await handler(request)
+    except UnicodeError:
+        code, message = "invalid_encoding", "a header or the body is not valid UTF-8"
+    except RecursionError:
+        code, message = "nesting_too_deep", "the body nests deeper than the parser allows"
+    hint = "Send UTF-8 text and JSON nested at most a few levels deep."
+    return web.Response(
+        status=400,
+        body=orjson.dumps({"error": {"code": code, "message": message, "hint": hint}}),
+        content_type="application/json",
+    )
 
 
 def _resolve(fut: asyncio.Future) -> None:
@@ -437,6 +538,9 @@ def config_from_args(args: Any) -> SidecarConfig:
         batch_max_bytes=args.batch_max_bytes,
         batch_max_latency_ms=args.batch_max_latency_ms,
         publish_timeout_s=args.publish_timeout_s,
+        shutdown_grace_s=getattr(args, "shutdown_grace_s", 5.0),
+        idle_timeout_s=getattr(args, "idle_timeout_s", 15.0),
+        body_timeout_s=getattr(args, "body_timeout_s", 10.0),
     )
     problems = []
     if not 0 <= cfg.port < 65536:
@@ -447,6 +551,11 @@ def config_from_args(args: Any) -> SidecarConfig:
         problems.append(f"--batch-max-messages {cfg.batch_max_messages}: Pub/Sub allows 1-1000")
     if not 1024 <= cfg.batch_max_bytes <= 10 << 20:
         problems.append(f"--batch-max-bytes {cfg.batch_max_bytes}: Pub/Sub allows up to 10 MB per request")
+    if not 0 < cfg.shutdown_grace_s <= 600:
+        problems.append(f"--shutdown-grace-s {cfg.shutdown_grace_s}: must be in (0, 600]")
+    for name, value in (("--idle-timeout-s", cfg.idle_timeout_s), ("--body-timeout-s", cfg.body_timeout_s)):
+        if not value > 0:
+            problems.append(f"{name} {value}: must be above 0")
     if cfg.auth_token_file and not os.path.isfile(cfg.auth_token_file):
         problems.append(f"--auth-token-file {cfg.auth_token_file}: no such file")
     if cfg.kserve_mapping and not os.path.isfile(cfg.kserve_mapping):
