@@ -448,7 +448,10 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         args = argparse.Namespace(command=argv[0], func=cmd_replay if argv[0] == "replay" else cmd_run)
         args.beam_args = argv[1:]
     else:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, or a usage error already printed as one line
+            return int(exc.code or 0)
         args.beam_args = []
     try:
         return args.func(args, out)

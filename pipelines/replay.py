@@ -516,9 +516,12 @@ def run(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     reporter = _Reporter(launch.progress_interval_s, len(files), err)
     if launch.progress_interval_s > 0:
         reporter.start()
-    beam_log = logging.getLogger("apache_beam.runners.common")  # logs each DoFn failure's traceback
-    level = beam_log.level
-    beam_log.setLevel(logging.CRITICAL)
+    # Beam's graph-construction warnings are not the user's to act on, and its runner logs each
+    # DoFn failure with a traceback: the summary or one error line says what happened instead
+    beam_log, failure_log = logging.getLogger("apache_beam"), logging.getLogger("apache_beam.runners.common")
+    levels = beam_log.level, failure_log.level
+    beam_log.setLevel(max(levels[0], logging.ERROR))
+    failure_log.setLevel(logging.CRITICAL)
     try:
         p = beam.Pipeline(options=opts)
         build(p, opts)
@@ -531,7 +534,8 @@ def run(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         return fail(1, line, launch.summary_json)
     finally:
         reporter.done.set()
-        beam_log.setLevel(level)
+        beam_log.setLevel(levels[0])
+        failure_log.setLevel(levels[1])
     summary = summarize(_counters(result), sinks)
     out.write(render_summary(summary))
     if launch.summary_json:

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -132,3 +133,100 @@ def test_gzip_input(tmp_path: pathlib.Path) -> None:
     with gzip.open(p, "wb") as fh:
         fh.write(REFERENCE_EVENT + b"\n")
     assert run(["validate", str(p), "--json"])[0] == 0
+
+
+def test_run_and_replay_help_show_their_own_options(capsys) -> None:
+    assert main(["replay", "--help"]) == 0
+    replay_help = capsys.readouterr().out
+    assert main(["run", "--help"]) == 0
+    run_help = capsys.readouterr().out
+    assert replay_help.startswith("usage: predaudit replay ")
+    assert run_help.startswith("usage: predaudit run ")
+    for flag in ("--input", "--labels_input", "--summary_json", "--no_create_tables", "--sinks"):
+        assert re.search(rf"{flag}\b", replay_help), flag
+    for flag in ("--predictions_subscription", "--dead_letter_topic", "--timestamp_attribute", "--sinks"):
+        assert flag in run_help, flag
+    assert "--predictions_subscription" not in replay_help and "--summary_json" not in run_help
+    assert not re.search(r"[^_]--input\b", run_help)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (
+            ["replay", "--input=x", "--sink=bigquery"],
+            "unrecognized argument --sink=bigquery; did you mean --sinks?",
+        ),
+        (["replay", "--input", "x", "--sink", "bigquery"], "did you mean --sinks?"),
+        (["replay", "--inpu=x"], "did you mean --input?"),
+        (["run", "--predictions_sub=projects/p/subscriptions/s"], "unrecognized argument --predictions_sub"),
+        (["run", "--input=x"], "--input is not an option of this command"),
+        (["replay", "--input=x", "--direct_num_workers=two"], "invalid int value"),
+        (["simulate", "--events", "5", "--ou", "x"], "required: --out"),
+        (["validate", "x", "--sho", "3"], "unrecognized arguments: --sho"),
+    ],
+)
+def test_no_prefix_matching_one_line_usage_error(argv: list[str], fragment: str, capsys) -> None:
+    assert main(argv) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and fragment in err[0], err
+
+
+def test_beam_options_are_still_accepted() -> None:
+    from pipelines.options import parse_command_line
+
+    launch, flags = parse_command_line(
+        ["--input=x", "--runner", "DirectRunner", "--direct_num_workers=1", "--summary_json", "s.json"],
+        "replay",
+        "predaudit replay",
+    )
+    assert launch.summary_json == "s.json" and launch.input == "x"
+    assert flags == ["--input=x", "--runner", "DirectRunner", "--direct_num_workers=1"]
+
+
+def test_summary_exit_1_when_a_line_or_dead_letter_is_unwritten() -> None:
+    from pipelines.replay import summarize
+
+    counters = {
+        "replay_lines_read:prediction:/in/a.jsonl": 10,
+        "replay_lines_read:label:/in/l.jsonl": 4,
+        "predictions_duplicates": 1,
+        "replay_dead_letter:decode:invalid_json:prediction": 2,
+        "replay_dead_letter:dedup:conflicting_duplicate:prediction": 1,
+        "replay_dead_letter:sink.bigquery:sink_rejected:predictions": 1,
+        "clickhouse_rows_written_predictions": 6,
+        "clickhouse_rows_written_labels": 4,
+        "clickhouse_rows_written_dead_letters": 4,
+        "bigquery_rows_written_predictions": 5,
+        "bigquery_rows_written_labels": 4,
+        "bigquery_rows_written_dead_letters": 4,
+    }
+    ok = summarize(counters, ["clickhouse", "bigquery"])
+    assert ok["exit_code"] == 0 and ok["accounted"], ok["problems"]
+    assert ok["conflicting_duplicates"] == 1 and ok["sink_refused"] == {"bigquery": {"sink_rejected": 1}}
+    lost_row = summarize({**counters, "bigquery_rows_written_labels": 3}, ["clickhouse", "bigquery"])
+    assert lost_row["exit_code"] == 1
+    assert lost_row["problems"] == [
+        "bigquery: 1 of 14 input lines are in no table (rows 8, refused 1, dead letters 3, duplicates 1)"
+    ]
+    lost_dead = summarize({**counters, "clickhouse_rows_written_dead_letters": 3}, ["clickhouse", "bigquery"])
+    assert lost_dead["problems"] == ["clickhouse: 1 of 4 dead letters were not written"]
+
+
+def test_sink_failure_found_through_beams_wrapping() -> None:
+    """Beam re-raises a DoFn's exception as ``type(e)(e.args[0] + " [while running ...]", *rest)``."""
+    from pipelines.replay import InputFailure, _run_failure
+    from transforms.sinks.errors import SinkFailure
+
+    f = SinkFailure(
+        "clickhouse", "audit.predictions", "database audit does not exist", "run `predaudit provision`"
+    )
+    wrapped = type(f)(f.args[0] + " [while running 'Write']", *f.args[1:])
+    assert _run_failure(wrapped) == (
+        "sink failure: clickhouse: audit.predictions: database audit does not exist -- fix: run `predaudit provision`"
+    )
+    cut = InputFailure("/in/x.gz: truncated or corrupt after 7 lines read", "/in/x.gz", 7)
+    assert _run_failure(type(cut)(cut.args[0] + " [while running 'Read']", *cut.args[1:])) == (
+        "/in/x.gz: truncated or corrupt after 7 lines read"
+    )
+    assert _run_failure(ValueError("a bug")) is None
