@@ -37,6 +37,7 @@ DEV_REQUIRES = [
     "duckdb==1.5.5",
     "duckdb-extension-spatial==1.5.5",
     "duckdb-extensions==1.5.5",
+    "mutmut==3.8.1",  # make mutate (tools/mutate.py)
 ]
 
 setup(
