@@ -171,7 +171,7 @@ def test_one_malformed_event_does_not_take_its_batch_mates_down(fake) -> None:
     assert_adds_up(s)
 
 
-@pytest.mark.parametrize("semantics", ["all_or_nothing", "partial_accept"])
+@pytest.mark.parametrize("semantics", ["all_or_nothing", "first_listed_only", "partial_accept"])
 def test_a_sidecar_400_rejects_only_the_listed_events_and_the_rest_arrives_once(fake, semantics) -> None:
     """Events valid here but refused by the sidecar (e.g. stricter limits there)."""
 
@@ -190,6 +190,8 @@ def test_a_sidecar_400_rejects_only_the_listed_events_and_the_rest_arrives_once(
                 if i not in {r["index"] for r in refused}
             ]
             return 400, {"accepted": len(events) - len(refused), "rejected": refused}, {}
+        if semantics == "first_listed_only":  # a bounded 400 body lists only some rejections
+            return 400, {"accepted": 0, "rejected": refused[:1], "rejected_count": len(refused)}, {}
         return 400, {"accepted": 0, "rejected": refused}, {}
 
     sidecar = fake(answer)
@@ -200,7 +202,9 @@ def test_a_sidecar_400_rejects_only_the_listed_events_and_the_rest_arrives_once(
     assert logger.close(10)
     wanted = [e["event_id"] for e in events if e["event_id"].startswith("ok")]
     assert sorted(sidecar.accepted) == sorted(wanted)  # each exactly once: no loss, no duplicate
-    assert len(sidecar.requests) == (2 if semantics == "all_or_nothing" else 1)
+    assert (
+        len(sidecar.requests) == {"all_or_nothing": 2, "first_listed_only": 3, "partial_accept": 1}[semantics]
+    )
     s = logger.stats()
     assert (s["sent"], s["rejected"], s["rejected_by_code"]) == (8, 2, {"string_too_long": 2})
     assert_adds_up(s)
