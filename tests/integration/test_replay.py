@@ -155,17 +155,24 @@ def test_bad_options_fail_before_the_graph(args: list[str], fragment: str) -> No
             build(p, opts)
 
 
-def test_sink_outage_loses_nothing(tmp_path, chdb_path, chdb_client, ch_database) -> None:
-    """BigQuery unreachable (connection refused): every row it could not take is a dead letter
-    with the sink's reason in ClickHouse, next to the rows ClickHouse wrote itself."""
+def test_sink_outage_stops_the_replay_without_dead_letters(
+    tmp_path, chdb_path, chdb_client, ch_database, monkeypatch, capsys
+) -> None:
+    """BigQuery becomes unreachable after the start-up check (connection refused): a sink
+    failure, not refused rows. The replay stops with exit 1 and one line naming the sink and
+    the fix; no row becomes a ``sink.bigquery`` dead letter."""
+    import io
+
+    import pipelines.replay as replay_mod
     from pipelines.localstack import free_port
 
     create_clickhouse_tables(chdb_client, ch_database)
     events = tmp_path / "events.jsonl"
-    lines = simulate(events, events=200, bad_fraction=0.05, seed=21)
-    ok = sum(1 for ln in lines if ln.kind == "ok")
-    bad = sum(1 for ln in lines if ln.kind != "ok")
-    replay(
+    simulate(events, events=200, bad_fraction=0.05, seed=21)
+    monkeypatch.setattr(replay_mod, "prepare_sinks", lambda opts, sinks, create: [])  # it goes down later
+    port = free_port()
+    out = io.StringIO()
+    code = replay_mod.run(
         [
             f"--input={events}",
             "--sinks=clickhouse,bigquery",
@@ -173,21 +180,22 @@ def test_sink_outage_loses_nothing(tmp_path, chdb_path, chdb_client, ch_database
             f"--clickhouse_database={ch_database}",
             f"--bq_project={BQ_PROJECT}",
             "--bq_dataset=down",
-            f"--bq_endpoint=http://127.0.0.1:{free_port()}",
+            f"--bq_endpoint=http://127.0.0.1:{port}",
             "--sink_max_attempts=2",
-        ]
+            "--progress_interval_s=0",
+        ],
+        out,
     )
-    assert ch_count(chdb_client, ch_database, "SELECT count() FROM {db}.predictions") == ok
-    rows = chdb_client.query(
-        f"SELECT stage, error_code, count() FROM `{ch_database}`.dead_letters GROUP BY stage, error_code"
-    ).result_rows
-    by_stage = {(s, c): n for s, c, n in rows}
-    assert by_stage[("sink.bigquery", "sink_exhausted")] == ok
-    assert sum(n for (s, _), n in by_stage.items() if s == "decode") == bad
-    reason = chdb_client.command(
-        f"SELECT any(error_message) FROM `{ch_database}`.dead_letters WHERE stage = 'sink.bigquery'"
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 1 and out.getvalue() == ""
+    assert len(err) == 1 and err[0].startswith("predaudit replay: error: sink failure: bigquery: "), err
+    assert f"127.0.0.1:{port}" in err[0] and "-- fix: " in err[0]
+    assert (
+        ch_count(
+            chdb_client, ch_database, "SELECT count() FROM {db}.dead_letters WHERE stage = 'sink.bigquery'"
+        )
+        == 0
     )
-    assert "gave up after 2 attempts" in reason and "Connection" in reason
 
 
 def test_replay_cli_usage_error_exit_2() -> None:
