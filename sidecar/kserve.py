@@ -33,6 +33,7 @@ Mapping file (YAML)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as _dt
 import json
 import logging
@@ -48,6 +49,7 @@ import orjson
 import yaml
 
 from schemas import EventValidationError
+from sidecar.spool import SpoolWriteFailed
 
 log = logging.getLogger("predaudit.sidecar")
 
@@ -338,6 +340,10 @@ class Joiner:
 
     ``emit(events, half_or_none)`` receives the built events (it spools them); the journal
     marks the id done only after ``emit`` returned, so a crash in between re-emits (same ids).
+    A journal line is written whole or not at all: a half the disk cannot journal is refused
+    (``SpoolWriteFailed``: the sidecar answers 503, KServe's logger retries), never kept
+    half-written where it would garble the next line. A "done" mark the disk refused is healed
+    by rewriting the journal from memory once space is back.
     """
 
     def __init__(
@@ -350,8 +356,9 @@ class Joiner:
         self._last_warning = -60.0
         #: halves ``emit`` could not take in a sweep (each is retried on the next pass)
         self.retry_errors = 0
+        self._stale = False  # a "done" mark could not be written: rewrite the journal when possible
         self._load()
-        self._journal = open(self._path, "ab")
+        self._journal = open(self._path, "ab", buffering=0)
 
     def _load(self) -> None:
         if not self._path.exists():
@@ -369,21 +376,50 @@ class Joiner:
                     self._pending[f"{half.ce_id}\0{half.half}"] = half
             except (ValueError, msgspec.DecodeError):  # torn last line: never answered 202
                 continue
-        self._compact()
+        try:
+            self._compact()
+        except OSError as exc:  # the journal read is still right; compact another time
+            self._warn(f"KServe journal not compacted ({exc})")
 
     def _write(self, kind: bytes, payload: bytes) -> None:
-        self._journal.write((kind + payload).hex().encode() + b"\n")
-        self._journal.flush()
+        """Append one journal line whole, or cut a partial write back off and raise OSError."""
+        if self._stale:
+            self._rewrite()
+        line = memoryview((kind + payload).hex().encode() + b"\n")
+        fd = self._journal.fileno()
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            while line:
+                line = line[os.write(fd, line) :]
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
 
     def _compact(self) -> None:
         tmp = self._path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            for half in self._pending.values():
-                f.write((b"H" + msgspec.msgpack.encode(half)).hex().encode() + b"\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        try:
+            with open(tmp, "wb") as f:
+                for half in self._pending.values():
+                    f.write((b"H" + msgspec.msgpack.encode(half)).hex().encode() + b"\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self._path)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
         self._done_lines = 0
+
+    def _rewrite(self) -> None:
+        """Compact into a fresh journal; on a disk error keep the old one (still appendable)."""
+        self._journal.close()
+        try:
+            self._compact()
+            self._stale = False
+        except OSError as exc:
+            self._warn(f"KServe journal not rewritten ({exc}); retrying later")
+        finally:
+            self._journal = open(self._path, "ab", buffering=0)
 
     @property
     def pending(self) -> int:
@@ -395,8 +431,11 @@ class Joiner:
         pair = self._pending.get(f"{half.ce_id}\0{other}")
         if pair is None:
             self.mapping.find(half.service, half.namespace)  # unmapped: reject now, not at TTL
+            try:
+                self._write(b"H", msgspec.msgpack.encode(half))
+            except OSError as exc:  # not journaled, so not accepted: 503, KServe's logger retries
+                raise SpoolWriteFailed(self._path.parent, exc) from None
             self._pending[f"{half.ce_id}\0{half.half}"] = half
-            self._write(b"H", msgspec.msgpack.encode(half))
             return 0
         req, resp = (half, pair) if half.half == "request" else (pair, half)
         events = build_events(self.mapping, req, resp)
@@ -406,14 +445,16 @@ class Joiner:
         return len(events)
 
     def _mark_done(self, key: str) -> None:
-        self._write(b"D", key.encode())
+        """Journal that ``key`` is done; never raises (the in-memory state is already right)."""
+        try:
+            self._write(b"D", key.encode())
+        except OSError as exc:  # healed by a rewrite from memory once the disk takes it
+            self._stale = True
+            self._warn(f"KServe journal not writable ({exc}); it is rewritten once space is back")
+            return
         self._done_lines += 1
         if self._done_lines > 10000 and self._done_lines > 4 * len(self._pending):
-            self._journal.close()
-            try:
-                self._compact()
-            finally:  # a failed compaction keeps the old journal, still appendable
-                self._journal = open(self._path, "ab")
+            self._rewrite()
 
     def expire(self, now: float | None = None) -> list[tuple[str, Rejection | None]]:
         """Emit halves older than the TTL, flagged as unpaired; returns (half, error) per half done.
@@ -426,6 +467,8 @@ class Joiner:
         """
         now = time.time() if now is None else now
         out: list[tuple[str, Rejection | None]] = []
+        if self._stale:
+            self._rewrite()
         for key, half in list(self._pending.items()):
             if now - half.arrived_at < self.mapping.ttl_s:
                 continue
@@ -449,10 +492,7 @@ class Joiner:
                     )
                     continue
             del self._pending[key]
-            try:
-                self._mark_done(key)
-            except (OSError, ValueError) as exc:  # journal not writable: a restart re-emits the same ids
-                self._warn(f"KServe journal not writable ({exc}); a restart may re-emit {half.half} halves")
+            self._mark_done(key)
             out.append((half.half, err))
         return out
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import errno
+import os
 import pathlib
+import subprocess
+from collections.abc import Iterator
+from typing import Any
 
 import orjson
 import pytest
@@ -13,6 +18,7 @@ import pytest
 import sidecar.kserve as kserve
 from schemas import Decoders, EventValidationError
 from sidecar.kserve import Half, Joiner, Mapping, OutputMap, ServiceMap, run_sweeper
+from sidecar.spool import SpoolWriteFailed
 
 MAPPING = Mapping(
     services=[ServiceMap("fraud-detector", "fraud", version="1", features=["amount"], output=OutputMap())],
@@ -155,3 +161,125 @@ def test_the_sweeper_loop_survives_a_failing_pass(tmp_path: pathlib.Path) -> Non
     assert reported == [("request", "wrong_type"), ("request", None)]
     assert [e["metadata"]["ce_id"] for e in spool.spooled] == ["first-01", "later-03"]
     joiner.close()
+
+
+# -- a full disk under the journal -------------------------------------------------------------
+class Volume:
+    """A small volume: a real tmpfs when this process may mount one (root), else a directory whose
+    writes through ``sidecar.kserve`` fail like a full disk (short write, then ENOSPC)."""
+
+    def __init__(self, path: pathlib.Path, mounted: bool) -> None:
+        self.path, self.mounted = path, mounted
+        self.capacity: int | None = None  # injected mode: bytes the directory may hold
+        self._ballast = path / "ballast"
+
+    def used(self) -> int:
+        return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file())
+
+    def fill(self) -> None:
+        if not self.mounted:
+            self.capacity = self.used()
+            return
+        fd = os.open(self._ballast, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            for chunk in (1 << 16, 1 << 12, 1 << 9, 1):
+                with contextlib.suppress(OSError):
+                    while os.write(fd, b"\0" * chunk):
+                        pass
+        finally:
+            os.close(fd)
+
+    def free(self) -> None:
+        self.capacity = None
+        self._ballast.unlink(missing_ok=True)
+
+
+class _DiskOs:
+    """``os`` for sidecar.kserve whose writes run out of space at ``volume.capacity``."""
+
+    def __init__(self, volume: Volume) -> None:
+        self._volume = volume
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def write(self, fd: int, data: Any) -> int:
+        if self._volume.capacity is None:
+            return os.write(fd, data)
+        room = self._volume.capacity + 512 - self._volume.used()  # some slack, as a real disk block
+        if room <= 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.write(fd, bytes(data[:room]))
+
+
+@pytest.fixture()
+def small_volume(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Volume]:
+    path = tmp_path / "vol"
+    path.mkdir()
+    mounted = False
+    if not os.environ.get("PREDAUDIT_TEST_NO_MOUNT"):
+        cmd = ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(path)]
+        with contextlib.suppress(OSError):
+            mounted = subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+    volume = Volume(path, mounted)
+    if not mounted:
+        monkeypatch.setattr(kserve, "os", _DiskOs(volume))
+    try:
+        yield volume
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def journal_lines(directory: pathlib.Path) -> list[bytes]:
+    """The journal's lines, asserting each is whole (hex of a record) and the file ends with one."""
+    data = (directory / "kserve-pending.journal").read_bytes()
+    assert not data or data.endswith(b"\n"), "a torn line at the end of the journal"
+    lines = data.splitlines()
+    for line in lines:
+        bytes.fromhex(line.decode())  # raises on a partial/garbled line
+    return lines
+
+
+def test_a_half_the_disk_cannot_journal_is_refused_whole_and_the_journal_stays_readable(
+    small_volume: Volume,
+) -> None:
+    spool = ContractSpool()
+    joiner = Joiner(MAPPING, small_volume.path, spool)
+    assert joiner.add(half("a-000001", {"instances": [[1.0]]})) == 0
+    small_volume.fill()
+    big = {"instances": [[float(i)] for i in range(2000)]}  # a journal line far above a block's slack
+    with pytest.raises(SpoolWriteFailed):  # the sidecar answers 503 + Retry-After; KServe retries
+        joiner.add(half("b-000002", big))
+    assert joiner.pending == 1
+    assert len(journal_lines(small_volume.path)) == 1  # the partial line was cut back off
+
+    small_volume.free()
+    assert joiner.add(half("b-000002", big)) == 0  # KServe's retry
+    assert joiner.add(half("c-000003", {"instances": [[3.0]]})) == 0
+    joiner.close()
+    again = Joiner(MAPPING, small_volume.path, spool)
+    assert sorted(h for h, _ in again._pending.items()) == [
+        f"{x}\0request" for x in ("a-000001", "b-000002", "c-000003")
+    ]
+    again.close()
+
+
+def test_a_done_mark_the_disk_refuses_is_healed_so_a_restart_does_not_resurrect_the_half(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    volume = Volume(tmp_path, mounted=False)
+    monkeypatch.setattr(kserve, "os", _DiskOs(volume))
+    spool = ContractSpool()
+    joiner = Joiner(MAPPING, tmp_path, spool)
+    joiner.add(half("pair-001", {"instances": [[1.0]]}))
+    volume.capacity = volume.used() - 512  # full: not even the slack is left
+    assert joiner.add(half("pair-001", {"predictions": [0.7]}, kind="response")) == 1  # spooled
+    assert joiner.pending == 0
+    volume.free()
+    assert joiner.expire(now=0.0) == []  # the next sweep pass rewrites the journal from memory
+    joiner.close()
+    again = Joiner(MAPPING, tmp_path, spool)
+    assert again.pending == 0 and again.expire(now=1e12) == []  # not re-emitted as a lone half
+    assert [e["prediction"] for e in spool.spooled] == [{"score": 0.7}]
+    again.close()
