@@ -9,7 +9,7 @@
 >>> s["logged"] == s["sent"] + s["rejected"] + s["failed"] + s["dropped"] + s["pending"]
 True
 
-``log(event)`` only puts the event on a bounded queue and returns (about a microsecond); a
+``log(event)`` only puts the event on a bounded queue and returns (a few microseconds); a
 background thread serializes, validates, batches and sends. It never raises into the caller.
 Every event logged ends in exactly one counter (``stats()``; Prometheus
 ``predaudit_logger_*_total`` when prometheus_client is installed)::
@@ -27,6 +27,8 @@ Every event logged ends in exactly one counter (``stats()``; Prometheus
   the event that causes it is isolated; the others go through), 401/403/404, or still pending at
   ``close()``. Nothing is dropped silently; warnings come at most once a minute per kind.
 * ``sent``: acknowledged (HTTP 202: in the sidecar's spool; or confirmed by Pub/Sub).
+
+``errors`` counts failed send attempts (each was retried, or its events counted ``failed``).
 
 Two transports:
 
@@ -277,7 +279,8 @@ class PredictionLogger:
         else:
             self._abandon_queue()
         if self._publisher is not None:
-            self._publisher.stop()
+            self._publisher, publisher = None, self._publisher
+            publisher.stop()
         return ok
 
     def _abandon_queue(self) -> None:
