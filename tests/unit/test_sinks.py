@@ -460,3 +460,84 @@ def test_sink_failure_round_trip_keeps_sink_and_table() -> None:
             "unknown_database",
             "run `predaudit provision`",
         )
+
+
+def test_every_clickhouse_code_we_classify_has_that_name_in_the_engine_and_its_class(chdb_client) -> None:
+    """The code tables are checked against the real engine (errorCodeToName), are disjoint, and
+    each code lands in its class through clickhouse-connect's own HTTP error builder."""
+    from clickhouse_connect.driver._backend.httpcommon import build_http_error
+
+    from transforms.sinks.clickhouse import ROW_CODES, SINK_CODES, TRANSIENT_CODES
+
+    tables = {
+        SINK_FAILURE: {c: name for c, (name, _) in SINK_CODES.items()},
+        TRANSIENT: TRANSIENT_CODES,
+        ROW_REFUSAL: ROW_CODES,
+    }
+    every = [c for t in tables.values() for c in t]
+    assert len(every) == len(set(every))  # no code in two classes
+    names = dict(
+        chdb_client.query(
+            f"SELECT c, errorCodeToName(c) FROM system.one ARRAY JOIN {sorted(every)} AS c"
+        ).result_rows
+    )
+    for kind, table in tables.items():
+        for code, name in table.items():
+            assert names[code] == name, code
+            exc = build_http_error(
+                500, str(code), f"Code: {code}. DB::Exception: x. ({name})", True, "u", False
+            )
+            v = classify_clickhouse(exc, "audit", "predictions", "http://h")
+            assert v.kind == kind, (code, name)
+            assert name in v.reason
+            if kind == SINK_FAILURE:
+                assert v.code == SINK_CODES[code][1] and v.fix
+
+
+class InsertAllAnswers:
+    """Answers ``insert_rows_json`` like BigQuery's insertAll (bqemulator never returns
+    insertErrors: it answers a bad row with HTTP 500), one scripted answer per call."""
+
+    def __init__(self, answers: list[dict[str, str]]) -> None:
+        self.answers, self.calls = answers, []
+
+    def insert_rows_json(self, ref, rows, row_ids, skip_invalid_rows, retry):
+        assert skip_invalid_rows is True and retry is None
+        self.calls.append(list(row_ids))
+        by_id = self.answers.pop(0) if self.answers else {}
+        return [
+            {"index": i, "errors": [{"reason": by_id[rid], "message": "m"}]}
+            for i, rid in enumerate(row_ids)
+            if rid in by_id
+        ]
+
+
+def bq_fn(client: InsertAllAnswers, mode: str = "replay"):
+    from transforms.sinks.bigquery import BigQuerySinkFn
+
+    fn = BigQuerySinkFn("p", "audit", "http://unused", RetryPolicy(attempts=2, base_delay_s=0.0), mode)  # type: ignore[arg-type]
+    fn = fn.for_table("predictions", 100)
+    fn.make_client = lambda: client  # type: ignore[method-assign]
+    fn.client_key = lambda: (id(client),)  # type: ignore[method-assign]
+    return fn
+
+
+def test_bigquery_invalid_rows_are_refused_and_stopped_rows_resent() -> None:
+    rows = [pred_row(i) for i in range(4)]
+    ids = [insert_id("predictions", r) for r in rows]
+    client = InsertAllAnswers([{ids[1]: "invalid", ids[2]: "stopped", ids[3]: "backendError"}, {}])
+    dead = drive(bq_fn(client), rows)
+    assert [(d["event_id"], d["error_code"]) for d in dead] == [("evt-000001", "sink_rejected")]
+    assert "invalid" in dead[0]["error_message"]
+    assert client.calls == [ids, [ids[2], ids[3]]]  # only the unwritten rows were re-sent
+
+
+def test_bigquery_rows_that_stay_unwritten_are_a_sink_failure_not_dead_letters() -> None:
+    rows = [pred_row(i) for i in range(2)]
+    ids = [insert_id("predictions", r) for r in rows]
+    client = InsertAllAnswers([{ids[0]: "stopped"}] * 20)
+    with pytest.raises(Exception) as info:
+        drive(bq_fn(client), rows)
+    failure = find_sink_failure(info.value)
+    assert failure is not None and failure.code == "unreachable" and "not written" in failure.reason
+    assert len(client.calls) == 2 * 3  # 2 policy attempts x (1 send + 2 re-sends)

@@ -71,6 +71,18 @@ def insert_id(table: str, row: dict[str, Any]) -> str:
 _TRANSIENT_REASONS = frozenset({"rateLimitExceeded", "quotaExceeded", "backendError", "internalError"})
 
 
+# per-row ``insertErrors`` reasons meaning "not written, not refused": re-send those rows
+ROW_RETRY_REASONS = frozenset({"stopped", "timeout", "backendError", "internalError"})
+ROW_RESENDS = 2
+
+
+class RowsNotWritten(Exception):
+    """Rows BigQuery left unwritten for a transient per-row reason after the re-sends."""
+
+    def __init__(self, n: int, reasons: list[str]) -> None:
+        super().__init__(f"{n} row(s) not written after {ROW_RESENDS} re-sends: {', '.join(reasons)}")
+
+
 def _reasons(exc: BaseException) -> set[str]:
     return {e.get("reason", "") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)}
 
@@ -86,6 +98,8 @@ def classify_bigquery(exc: BaseException, table_ref: str, project: str, dataset:
         "(replay creates tables unless --no_create_tables)"
     )
     text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+    if isinstance(exc, RowsNotWritten):
+        return Verdict(TRANSIENT, "rows_not_written", text)
     if is_tls_error(exc):
         return Verdict(SINK_FAILURE, "tls", f"TLS failure: {text}", "check the endpoint's certificate / CA")
     if isinstance(exc, gexc.GoogleAPICallError):
@@ -166,22 +180,44 @@ class BigQuerySinkFn(SinkFn):
         return f"{self.project}.{self.dataset}.{table}"
 
     def insert(self, table: str, rows: Sequence[dict[str, Any]]) -> list[tuple[int, str]]:
+        """Insert in request-sized chunks; returns the rows BigQuery refused as invalid.
+
+        Rows answered with a transient per-row reason (``stopped``, ``timeout``,
+        ``backendError``) were not written: they are re-sent (same insertIds) up to
+        ``ROW_RESENDS`` times, then :class:`RowsNotWritten` (transient) hands the batch to the
+        retry policy. They are never taken for refused rows.
+        """
         ref = self.where(table)
         refused: list[tuple[int, str]] = []
         ids = [insert_id(table, r) for r in rows]
         json_rows = [to_json_row(table, r) for r in rows]
         for offset, chunk in chunks(json_rows):
-            # skip_invalid_rows: the valid rows of a request are written and only the invalid
-            # ones come back (without it BigQuery answers the others "stopped", not written)
-            errors = self.client.insert_rows_json(
-                ref,
-                chunk,
-                row_ids=ids[offset : offset + len(chunk)],
-                skip_invalid_rows=True,
-                retry=None,
-            )
-            for err in errors:
-                refused.append((offset + err["index"], orjson.dumps(err.get("errors")).decode()))
+            pending = list(range(len(chunk)))
+            for resend in range(ROW_RESENDS + 1):
+                # skip_invalid_rows: the valid rows of a request are written and only the invalid
+                # ones come back (without it BigQuery answers the others "stopped", not written)
+                errors = self.client.insert_rows_json(
+                    ref,
+                    [chunk[i] for i in pending],
+                    row_ids=[ids[offset + i] for i in pending],
+                    skip_invalid_rows=True,
+                    retry=None,
+                )
+                again: list[int] = []
+                retry_reasons: set[str] = set()
+                for err in errors:
+                    i = pending[err["index"]]
+                    reasons = {e.get("reason", "") for e in err.get("errors") or []}
+                    if reasons and reasons <= ROW_RETRY_REASONS:
+                        again.append(i)
+                        retry_reasons |= reasons
+                    else:
+                        refused.append((offset + i, orjson.dumps(err.get("errors")).decode()))
+                if not again:
+                    break
+                if resend == ROW_RESENDS:
+                    raise RowsNotWritten(len(again), sorted(retry_reasons))
+                pending = again
         return refused
 
     def classify(self, exc: BaseException) -> Verdict:

@@ -21,70 +21,66 @@ from transforms.sinks.errors import ROW_REFUSAL, SINK_FAILURE, TRANSIENT, Verdic
 from transforms.sinks.retry import RetriesExhausted, RetryPolicy
 
 # server error codes (ClickHouse src/Common/ErrorCodes.cpp; names checked with errorCodeToName)
-SINK_CODES: dict[int, str] = {
-    81: "unknown_database",  # UNKNOWN_DATABASE
-    60: "unknown_table",  # UNKNOWN_TABLE
-    16: "missing_column",  # NO_SUCH_COLUMN_IN_TABLE
-    8: "missing_column",  # THERE_IS_NO_COLUMN
-    10: "missing_column",  # NOT_FOUND_COLUMN_IN_BLOCK
-    47: "missing_column",  # UNKNOWN_IDENTIFIER
-    516: "auth_failed",  # AUTHENTICATION_FAILED
-    192: "auth_failed",  # UNKNOWN_USER
-    193: "auth_failed",  # WRONG_PASSWORD
-    194: "auth_failed",  # REQUIRED_PASSWORD
-    195: "auth_failed",  # IP_ADDRESS_NOT_ALLOWED
-    497: "access_denied",  # ACCESS_DENIED
-    291: "access_denied",  # DATABASE_ACCESS_DENIED
-    164: "access_denied",  # READONLY
+SINK_CODES: dict[int, tuple[str, str]] = {  # code -> (server name, our code)
+    81: ("UNKNOWN_DATABASE", "unknown_database"),
+    60: ("UNKNOWN_TABLE", "unknown_table"),
+    16: ("NO_SUCH_COLUMN_IN_TABLE", "missing_column"),
+    8: ("THERE_IS_NO_COLUMN", "missing_column"),
+    10: ("NOT_FOUND_COLUMN_IN_BLOCK", "missing_column"),
+    47: ("UNKNOWN_IDENTIFIER", "missing_column"),
+    516: ("AUTHENTICATION_FAILED", "auth_failed"),
+    192: ("UNKNOWN_USER", "auth_failed"),
+    193: ("WRONG_PASSWORD", "auth_failed"),
+    194: ("REQUIRED_PASSWORD", "auth_failed"),
+    195: ("IP_ADDRESS_NOT_ALLOWED", "auth_failed"),
+    497: ("ACCESS_DENIED", "access_denied"),
+    291: ("DATABASE_ACCESS_DENIED", "access_denied"),
+    164: ("READONLY", "access_denied"),
 }
-TRANSIENT_CODES: frozenset[int] = frozenset(
-    {
-        3,  # UNEXPECTED_END_OF_FILE
-        74,  # CANNOT_READ_FROM_FILE_DESCRIPTOR
-        75,  # CANNOT_WRITE_TO_FILE_DESCRIPTOR
-        76,  # CANNOT_OPEN_FILE (a locked/busy store)
-        159,  # TIMEOUT_EXCEEDED
-        202,  # TOO_MANY_SIMULTANEOUS_QUERIES
-        203,  # NO_FREE_CONNECTION
-        209,  # SOCKET_TIMEOUT
-        210,  # NETWORK_ERROR
-        225,  # NO_ZOOKEEPER
-        236,  # ABORTED
-        241,  # MEMORY_LIMIT_EXCEEDED
-        242,  # TABLE_IS_READ_ONLY (replica lost its keeper session)
-        243,  # NOT_ENOUGH_SPACE
-        252,  # TOO_MANY_PARTS (merges catch up)
-        279,  # ALL_CONNECTION_TRIES_FAILED
-        285,  # TOO_FEW_LIVE_REPLICAS
-        286,  # UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE
-        319,  # UNKNOWN_STATUS_OF_INSERT
-        394,  # QUERY_WAS_CANCELLED
-        425,  # SYSTEM_ERROR
-        439,  # CANNOT_SCHEDULE_TASK
-        473,  # DEADLOCK_AVOIDED
-        999,  # KEEPER_EXCEPTION
-    }
-)
-ROW_CODES: frozenset[int] = frozenset(
-    {
-        6,  # CANNOT_PARSE_TEXT
-        26,  # CANNOT_PARSE_QUOTED_STRING
-        27,  # CANNOT_PARSE_INPUT_ASSERTION_FAILED
-        38,  # CANNOT_PARSE_DATE
-        41,  # CANNOT_PARSE_DATETIME
-        53,  # TYPE_MISMATCH
-        69,  # ARGUMENT_OUT_OF_BOUND
-        70,  # CANNOT_CONVERT_TYPE
-        72,  # CANNOT_PARSE_NUMBER
-        117,  # INCORRECT_DATA
-        128,  # TOO_LARGE_ARRAY_SIZE
-        131,  # TOO_LARGE_STRING_SIZE
-        321,  # VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE
-        349,  # CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN
-        395,  # FUNCTION_THROW_IF_VALUE_IS_NON_ZERO (a table's CHECK via throwIf)
-        469,  # VIOLATED_CONSTRAINT (a table CONSTRAINT refuses the row)
-    }
-)
+TRANSIENT_CODES: dict[int, str] = {  # code -> server name
+    3: "UNEXPECTED_END_OF_FILE",
+    74: "CANNOT_READ_FROM_FILE_DESCRIPTOR",
+    75: "CANNOT_WRITE_TO_FILE_DESCRIPTOR",
+    76: "CANNOT_OPEN_FILE",  # a locked/busy store
+    159: "TIMEOUT_EXCEEDED",
+    202: "TOO_MANY_SIMULTANEOUS_QUERIES",
+    203: "NO_FREE_CONNECTION",
+    209: "SOCKET_TIMEOUT",
+    210: "NETWORK_ERROR",
+    225: "NO_ZOOKEEPER",
+    236: "ABORTED",
+    241: "MEMORY_LIMIT_EXCEEDED",
+    242: "TABLE_IS_READ_ONLY",  # replica lost its keeper session
+    243: "NOT_ENOUGH_SPACE",
+    252: "TOO_MANY_PARTS",  # merges catch up
+    279: "ALL_CONNECTION_TRIES_FAILED",
+    285: "TOO_FEW_LIVE_REPLICAS",
+    286: "UNSATISFIED_QUORUM_FOR_PREVIOUS_WRITE",
+    319: "UNKNOWN_STATUS_OF_INSERT",
+    394: "QUERY_WAS_CANCELLED",
+    425: "SYSTEM_ERROR",
+    439: "CANNOT_SCHEDULE_TASK",
+    473: "DEADLOCK_AVOIDED",
+    999: "KEEPER_EXCEPTION",
+}
+ROW_CODES: dict[int, str] = {  # code -> server name
+    6: "CANNOT_PARSE_TEXT",
+    26: "CANNOT_PARSE_QUOTED_STRING",
+    27: "CANNOT_PARSE_INPUT_ASSERTION_FAILED",
+    38: "CANNOT_PARSE_DATE",
+    41: "CANNOT_PARSE_DATETIME",
+    53: "TYPE_MISMATCH",
+    69: "ARGUMENT_OUT_OF_BOUND",
+    70: "CANNOT_CONVERT_TYPE",
+    72: "CANNOT_PARSE_NUMBER",
+    117: "INCORRECT_DATA",
+    128: "TOO_LARGE_ARRAY_SIZE",
+    131: "TOO_LARGE_STRING_SIZE",
+    321: "VALUE_IS_OUT_OF_RANGE_OF_DATA_TYPE",
+    349: "CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN",
+    395: "FUNCTION_THROW_IF_VALUE_IS_NON_ZERO",  # a table's CHECK via throwIf
+    469: "VIOLATED_CONSTRAINT",  # a table CONSTRAINT refuses the row
+}
 
 
 def dedup_token(table: str, rows: Sequence[dict[str, Any]]) -> str:
@@ -182,7 +178,8 @@ def classify_clickhouse(exc: BaseException, database: str, table: str, dsn: str)
         name = getattr(exc, "name", None) or f"code {code}"
         reason = f"{name}: {str(exc).splitlines()[0][:300]}"
         if code in SINK_CODES:
-            return Verdict(SINK_FAILURE, SINK_CODES[code], reason, fixes[SINK_CODES[code]])
+            ours = SINK_CODES[code][1]
+            return Verdict(SINK_FAILURE, ours, reason, fixes[ours])
         if code in TRANSIENT_CODES:
             return Verdict(TRANSIENT, "server_busy", reason)
         if code in ROW_CODES:
