@@ -295,3 +295,34 @@ def test_write_failure_after_the_check_exits_1(
     assert "Traceback" not in err
     # the sink failure line, or (if the sinks turn the failure into dead letters) the summary
     assert f"{ch_database}" in err or "NOT ACCOUNTED: clickhouse" in out.getvalue(), out.getvalue() + err
+
+
+def test_replay_creates_missing_bigquery_tables(tmp_path, bq_emulator, bq_client, bq_dataset, capsys) -> None:
+    """BigQuery: --no_create_tables on a fresh dataset is a one-line sink failure; by default
+    the dataset, tables and views are created and every line is accounted for."""
+    import pipelines.replay as replay
+    from tests.conftest import BQ_PROJECT
+
+    events = tmp_path / "e.jsonl"
+    lines = list(
+        Simulator(load_specs(SPECS)["fraud"], SimConfig(events=40, bad_fraction=0.1, seed=8)).lines()
+    )
+    events.write_bytes(b"".join(ln.raw + b"\n" for ln in lines))
+    args = [
+        f"--input={events}",
+        "--sinks=bigquery",
+        f"--bq_project={BQ_PROJECT}",
+        f"--bq_dataset={bq_dataset}",
+        f"--bq_endpoint={bq_emulator.endpoint}",
+        "--monitors=off",
+        "--progress_interval_s=0",
+    ]
+    out = io.StringIO()
+    assert replay.run([*args, "--no_create_tables"], out) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert f"bigquery: {BQ_PROJECT}.{bq_dataset}." in line and "table does not exist" in line
+    assert f"predaudit provision --sinks bigquery --bq_project {BQ_PROJECT} --bq_dataset {bq_dataset}" in line
+    assert replay.run(args, out) == 0, capsys.readouterr().err
+    assert "accounted: all 40 input lines" in out.getvalue()
+    q = f"SELECT count(*) AS n FROM `{BQ_PROJECT}.{bq_dataset}.predictions_dedup`"
+    assert next(iter(bq_client.query(q).result())).n == sum(1 for ln in lines if ln.kind == "ok")
