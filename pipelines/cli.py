@@ -48,7 +48,9 @@ def _open_lines(path: str) -> Iterator[bytes]:
             raise UsageError(f"{path}: no such file")
         stream = gzip.open(p, "rb") if p.suffix == ".gz" else p.open("rb")
     with stream:
-        for line in stream:
+        for n, line in enumerate(stream):
+            if n == 0 and line.startswith(b"\xef\xbb\xbf"):  # a UTF-8 BOM is not part of the event
+                line = line[3:]
             yield line.rstrip(b"\r\n")
 
 

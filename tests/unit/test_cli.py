@@ -230,3 +230,10 @@ def test_sink_failure_found_through_beams_wrapping() -> None:
         "/in/x.gz: truncated or corrupt after 7 lines read"
     )
     assert _run_failure(ValueError("a bug")) is None
+
+
+def test_validate_strips_a_utf8_bom(tmp_path: pathlib.Path) -> None:
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b"\xef\xbb\xbf" + REFERENCE_EVENT + b"\n")
+    code, out = run(["validate", str(p), "--json"])
+    assert (code, json.loads(out)["valid"]) == (0, 1)
