@@ -64,10 +64,14 @@ def test_provision_twice_creates_everything_once(
         for name, topic in (("predictions-audit", "predictions"), ("labels-audit", "labels")):
             got = sub.get_subscription(subscription=f"projects/{pubsub_project}/subscriptions/{name}")
             assert got.topic == f"projects/{pubsub_project}/topics/{topic}"
-            assert got.dead_letter_policy.dead_letter_topic == f"projects/{pubsub_project}/topics/undeliverable"
+            assert (
+                got.dead_letter_policy.dead_letter_topic == f"projects/{pubsub_project}/topics/undeliverable"
+            )
             assert got.dead_letter_policy.max_delivery_attempts == 7
         # what Pub/Sub gives up on is kept by a subscription, not dropped
-        hold = sub.get_subscription(subscription=f"projects/{pubsub_project}/subscriptions/undeliverable-hold")
+        hold = sub.get_subscription(
+            subscription=f"projects/{pubsub_project}/subscriptions/undeliverable-hold"
+        )
         assert hold.topic.endswith("/topics/undeliverable")
     finally:
         sub.close()
@@ -79,7 +83,9 @@ def test_provision_twice_creates_everything_once(
     assert names == set(TABLES) | VIEWS
     ch = {
         r[0]
-        for r in chdb_client.query(f"SELECT name FROM system.tables WHERE database = '{database}'").result_rows
+        for r in chdb_client.query(
+            f"SELECT name FROM system.tables WHERE database = '{database}'"
+        ).result_rows
     }
     assert ch == set(TABLES) | VIEWS
     assert check_clickhouse(chdb_client, database) == []
