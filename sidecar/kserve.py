@@ -297,7 +297,31 @@ def _body(half: Half) -> dict:
 
 
 def build_events(mapping: Mapping, request: Half | None, response: Half | None) -> list[bytes]:
-    """PredictionEvents (JSON bytes) for a joined pair, or for a lone half after the TTL."""
+    """PredictionEvents (JSON bytes) for a joined pair, or for a lone half after the TTL.
+
+    A body of a shape the mapping cannot read is a ``kserve_bad_body`` error (a 400 for the
+    sender), never an exception from deep inside the mapping (which would be a 500):
+
+    >>> svc = ServiceMap("isvc", "m", version="1", features=["a", "b"])
+    >>> bad = {"inputs": [{"name": "x", "shape": [1, "2"], "datatype": "FP32", "data": [1, 2]}]}
+    >>> half = Half("id-1", "request", "isvc", None, None, None, None, orjson.dumps(bad), 0.0)
+    >>> build_events(Mapping([svc]), half, None)
+    Traceback (most recent call last):
+    ...
+    sidecar.kserve.KServeError: kserve_bad_body: request body: unexpected tensor or instance shape (TypeError)
+    """
+    try:
+        return _build_events(mapping, request, response)
+    except KServeError:
+        raise
+    except (TypeError, KeyError, IndexError, AttributeError, ValueError) as exc:
+        which = "request or response" if request and response else (request or response).half
+        raise KServeError(
+            "kserve_bad_body", f"{which} body: unexpected tensor or instance shape ({type(exc).__name__})"
+        ) from None
+
+
+def _build_events(mapping: Mapping, request: Half | None, response: Half | None) -> list[bytes]:
     first = request or response
     assert first is not None
     svc = mapping.find(first.service, first.namespace)

@@ -190,12 +190,12 @@ services:
 """
 
 
-def lone_request(sc: Sidecar, ce_id: str, body: dict) -> requests.Response:
+def lone_request(sc: Sidecar, ce_id: str, body: dict, half: str = "request") -> requests.Response:
     from cloudevents.conversion import to_binary
     from cloudevents.http import CloudEvent
 
     attrs = {
-        "type": "org.kubeflow.serving.inference.request",
+        "type": f"org.kubeflow.serving.inference.{half}",
         "source": "http://localhost:9081/",
         "id": ce_id,
         "inferenceservicename": "fraud-detector",
@@ -216,14 +216,23 @@ def test_a_lone_half_that_breaks_the_contract_does_not_stop_the_sweeper(
     bad = lone_request(sc, "bad-0001", {"instances": [{"amount": {"value": 3, "currency": "EUR"}}]})
     good = lone_request(sc, "good-0001", {"instances": [[12.5, "grocery"]]})
     assert (bad.status_code, good.status_code) == (202, 202)
-    (first,) = bus.pull(want=1, quiet=1.5)  # after the TTL; the bad half is not published
-    assert first["metadata"]["ce_id"] == "good-0001" and first["metadata"]["predaudit_unpaired"] == "request"
+    odd = lone_request(sc, "odd-0001", {"inputs": [{"name": "x", "shape": [1, "2"], "data": [1, 2]}]})
+    assert odd.status_code == 202  # kept until the TTL: a lone request is mapped then
+    # the same body as the pair of a response is mapped at once: a 400 with its code, not a 500
+    assert lone_request(sc, "odd-0002", {"predictions": [0.4]}, half="response").status_code == 202
+    r = lone_request(sc, "odd-0002", {"inputs": [{"name": "x", "shape": [1, "2"], "data": [1, 2]}]})
+    assert (r.status_code, r.json()["rejected"][0]["code"]) == (400, "kserve_bad_body")
+    got = {e["metadata"]["ce_id"]: e for e in bus.pull(want=2, quiet=1.5)}  # after the TTL
+    assert sorted(got) == ["good-0001", "odd-0002"]  # the bad halves are not published
+    first = got["good-0001"]
+    assert first["metadata"]["predaudit_unpaired"] == "request"
     assert first["features"] == {"amount": 12.5, "merchant_category": "grocery"}
     assert metric(sc, "predaudit_sidecar_rejected_total", code="wrong_type") == 1
+    assert metric(sc, "predaudit_sidecar_rejected_total", code="kserve_bad_body") == 2
 
     # the sweeper is still alive: a later lone half is published too
     assert lone_request(sc, "later-0002", {"instances": [[3.0, "travel"]]}).status_code == 202
     (later,) = bus.pull(want=1)
     assert later["metadata"]["ce_id"] == "later-0002"
-    assert metric(sc, "predaudit_sidecar_kserve_unpaired_total") == 3
+    assert metric(sc, "predaudit_sidecar_kserve_unpaired_total") == 5
     assert sc.joiner is not None and sc.joiner.pending == 0

@@ -128,6 +128,26 @@ def test_a_mapping_bug_on_one_half_is_reported_not_raised(
     joiner.close()
 
 
+@pytest.mark.parametrize(
+    "tensor",
+    [
+        {"name": "x", "shape": [1, "2"], "datatype": "FP32", "data": [1, 2]},  # a shape that is no int
+        {"name": "x", "shape": [1, 1], "datatype": "FP32", "data": 5},  # data that is no list
+    ],
+)
+def test_a_body_of_an_unexpected_shape_is_a_bad_body_error_not_an_exception(tmp_path, tensor) -> None:
+    spool = ContractSpool()
+    joiner = Joiner(MAPPING, tmp_path, spool)
+    joiner.add(half("pair-001", {"predictions": [0.5]}, kind="response"))
+    with pytest.raises(kserve.KServeError) as err:  # the sidecar answers 400 with this code
+        joiner.add(half("pair-001", {"inputs": [tensor]}))
+    assert err.value.code == "kserve_bad_body" and "request or response body" in err.value.message
+    assert joiner.pending == 1  # the response half is still published alone after the TTL
+    assert [e for h, e in joiner.expire(now=100.0)] == [None]
+    assert spool.spooled[0]["metadata"]["predaudit_unpaired"] == "response"
+    joiner.close()
+
+
 def test_the_sweeper_loop_survives_a_failing_pass(tmp_path: pathlib.Path) -> None:
     spool = ContractSpool()
     mapping = Mapping(services=MAPPING.services, ttl_s=0.0)
