@@ -21,7 +21,7 @@ from schemas.tables import create_bigquery_tables, create_clickhouse_tables
 from tests.conftest import BQ_PROJECT
 from tests.unit.test_sinks import drive, pred_row
 from transforms.sinks.clickhouse import ClickHouseSinkFn
-from transforms.sinks.errors import find_sink_failure
+from transforms.sinks.errors import SinkStopped, find_sink_failure
 from transforms.sinks.retry import RetryPolicy
 from transforms.sinks.write import WriteAudit
 
@@ -198,3 +198,29 @@ def test_unreachable_bigquery_is_tried_exactly_the_policy_attempts_then_replay_s
     failure = find_sink_failure(info.value)
     assert failure is not None and failure.code == "unreachable"
     assert "gave up after 3 attempts" in failure.reason and "ConnectionError" in failure.reason
+
+
+def test_sink_failure_survives_a_runner_that_keeps_only_the_text() -> None:
+    """Multi-process workers send back a traceback string: the marker line still carries it.
+    (BigQuery on a port nothing listens on: forked workers cannot open chDB directories.)"""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.localstack import free_port
+
+    endpoint = f"http://127.0.0.1:{free_port()}"
+    fns = sink_fns(opts(sink_max_attempts=1, bq_dataset="down", bq_endpoint=endpoint), ["bigquery"], "replay")
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=1"])
+    with pytest.raises(Exception) as info:
+        with beam.Pipeline(options=options) as p:
+            preds = p | "Rows" >> beam.Create([pred_row(i) for i in range(10)])
+            none = p | "None" >> beam.Create([])
+            _ = {"predictions": preds, "dead_letters": none} | "Write" >> WriteAudit(fns)
+    assert not isinstance(info.value, SinkStopped)  # only text crossed the process boundary
+    failure = find_sink_failure(info.value)
+    assert failure is not None, f"no SinkFailure in {info.value!r}"
+    assert (failure.sink, failure.table, failure.code) == (
+        "bigquery",
+        f"{BQ_PROJECT}.down.predictions",
+        "unreachable",
+    )
+    assert endpoint in failure.fix
