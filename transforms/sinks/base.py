@@ -234,17 +234,16 @@ class SinkFn(beam.DoFn):
                         yield from self._write(batch[mid:])
                         return
                     refused, verdict = [(0, f"{verdict.code}: {verdict.reason}")], None
-                elif verdict.kind == TRANSIENT:  # only with attempts=1: nothing left to retry
-                    verdict = self.exhausted(RetriesExhausted(self.policy.attempts, exc))
             if verdict is None:
-                bad = sorted({i for i, _ in refused})
+                reasons = dict(refused)  # row index -> why: one dead letter per refused row
+                bad = sorted(reasons)
                 counter(f"{self.name}_rows_written_{table}").inc(len(batch) - len(bad))
                 if not bad:
                     return
                 if table != "dead_letters":
                     counter(f"{self.name}_rejected_rows").inc(len(bad))
-                    for i, reason in refused:
-                        yield from self._dead([batch[i]], "sink_rejected", reason)
+                    for i in bad:
+                        yield from self._dead([batch[i]], "sink_rejected", reasons[i])
                     return
                 # a dead letter its own table refuses has nowhere further to go: the run fails
                 counter(f"{self.name}_dead_letters_refused").inc(len(bad))
@@ -253,7 +252,7 @@ class SinkFn(beam.DoFn):
                 verdict = Verdict(
                     SINK_FAILURE,
                     "dead_letter_refused",
-                    f"{len(bad)} dead letter(s) refused ({ids}): {refused[0][1]}",
+                    f"{len(bad)} dead letter(s) refused ({ids}): {reasons[bad[0]]}",
                     "check that the dead_letters table has the expected columns (`predaudit provision`)",
                 )
             self._failed(verdict, pending, rounds)
