@@ -243,7 +243,12 @@ def test_boolean_labels_are_classes_true_and_false() -> None:
         assert ev.prediction.label is value
         assert prediction_row(ev, ts, payload, ingest_time=now)["prediction_label"] == text
         lbl = orjson.dumps(
-            {"schema_version": "1", "event_id": "evt-00000001", "label_time": "2026-01-01T00:00:00Z", "label": value}
+            {
+                "schema_version": "1",
+                "event_id": "evt-00000001",
+                "label_time": "2026-01-01T00:00:00Z",
+                "label": value,
+            }
         )
         lev, lts = dec.label(lbl)
         row = label_row(lev, lts, lbl, ingest_time=now)

@@ -283,7 +283,9 @@ def test_corpus_holds_both_valid_and_invalid_events() -> None:
     assert ok(find(events(), ok))
     assert not ok(find(events(), lambda ev: not ok(ev)))
     assert LABEL.is_valid(find(label_events(), LABEL.is_valid))
-    assert LABEL.is_valid(find(label_events(), lambda ev: LABEL.is_valid(ev) and isinstance(ev["label"], bool)))
+    assert LABEL.is_valid(
+        find(label_events(), lambda ev: LABEL.is_valid(ev) and isinstance(ev["label"], bool))
+    )
 
 
 @pytest.mark.parametrize("value", [True, False])
