@@ -26,6 +26,10 @@ import urllib.request
 from collections.abc import Callable, Iterator
 
 
+class ServiceStartError(RuntimeError):
+    """A local component did not start (the message carries its log tail)."""
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,7 +122,7 @@ def start_bqemulator(
         wait_until(lambda: _http_up(svc.endpoint + "/"), 60, "bqemulator", proc)
     except (RuntimeError, TimeoutError):
         svc.stop()
-        raise RuntimeError(f"bqemulator did not start; log:\n{svc.log_tail()}") from None
+        raise ServiceStartError(f"bqemulator did not start; log:\n{svc.log_tail()}") from None
     return svc
 
 
@@ -126,7 +130,9 @@ def pubsub_emulator_command(port: int, data_dir: pathlib.Path) -> list[str]:
     """The SDK's emulator launcher (faster than ``gcloud beta emulators pubsub start``)."""
     gcloud = shutil.which("gcloud")
     if gcloud is None:
-        raise RuntimeError("gcloud not found: the Google Cloud SDK with the Pub/Sub emulator is required")
+        raise ServiceStartError(
+            "gcloud not found: the Google Cloud SDK with the Pub/Sub emulator is required"
+        )
     root = subprocess.run(
         [gcloud, "info", "--format=value(installation.sdk_root)"], capture_output=True, text=True, check=True
     ).stdout.strip()
@@ -153,7 +159,7 @@ def start_pubsub_emulator(log_dir: pathlib.Path, port: int | None = None) -> Ser
         wait_until(lambda: _http_up(f"http://127.0.0.1:{port}/"), 90, "pubsub emulator", proc)
     except (RuntimeError, TimeoutError):
         svc.stop()
-        raise RuntimeError(f"Pub/Sub emulator did not start; log:\n{svc.log_tail()}") from None
+        raise ServiceStartError(f"Pub/Sub emulator did not start; log:\n{svc.log_tail()}") from None
     return svc
 
 
