@@ -541,3 +541,77 @@ def test_bigquery_rows_that_stay_unwritten_are_a_sink_failure_not_dead_letters()
     failure = find_sink_failure(info.value)
     assert failure is not None and failure.code == "unreachable" and "not written" in failure.reason
     assert len(client.calls) == 2 * 3  # 2 policy attempts x (1 send + 2 re-sends)
+
+
+def test_sink_failure_lines_name_the_fix_exactly() -> None:
+    """The one line a user sees is a contract: the provision command to run, no password."""
+    from clickhouse_connect.driver._backend.httpcommon import build_http_error
+    from google.api_core import exceptions as gexc
+
+    from transforms.sinks.bigquery import BigQuerySinkFn
+    from transforms.sinks.clickhouse import ClickHouseSinkFn
+    from transforms.sinks.retry import RetriesExhausted
+
+    dsn, shown = "https://audit:s3cret@ch.example:8443", "https://audit@ch.example:8443"
+    provision = (
+        f"run `predaudit provision --sinks clickhouse --clickhouse_dsn {shown} --clickhouse_database audit"
+        " --pubsub off` (or replay without --no_create_tables)"
+    )
+
+    def ch(code: str) -> tuple[str, str, str]:
+        body = f"Code: {code}. DB::Exception: boom. (X)"
+        v = classify_clickhouse(
+            build_http_error(500, code, body, "scrub", "u", False), "audit", "predictions", dsn
+        )
+        return v.code, v.reason, v.fix
+
+    assert ch("81") == (
+        "unknown_database",
+        "code 81: Received ClickHouse exception, code: 81, server response: Code: 81. DB::Exception: boom. (X)",
+        provision,
+    )
+    assert ch("60")[2] == provision
+    assert ch("16")[2] == f"the table audit.predictions lacks expected columns: {provision}"
+    assert ch("516")[2] == f"check the user and password of --clickhouse_dsn {shown}"
+    assert ch("497")[2] == f"grant INSERT on audit.* to the user of --clickhouse_dsn {shown}"
+    assert ch("62")[2] == "see the ClickHouse server log (error code 62)"
+    exhausted = RetriesExhausted(3, ConnectionError("refused"))
+    fn = ClickHouseSinkFn(dsn, "audit")
+    assert str(SinkFailure("clickhouse", fn.where("labels"), **_rf(fn.exhausted(exhausted)))) == (
+        "clickhouse: audit.labels: gave up after 3 attempts: ConnectionError: refused"
+        f" -- fix: check that ClickHouse at {shown} is up and reachable"
+    )
+    assert fn.connect_fix() == (
+        f"check --clickhouse_dsn {shown} (an embedded chdb:// directory is locked while another process has it open)"
+    )
+
+    def bq(status: int, reason: str, endpoint: str = "") -> tuple[str, str, str]:
+        exc = gexc.from_http_status(status, "boom", errors=[{"reason": reason}])
+        v = classify_bigquery(exc, "p.audit.predictions", "p", "audit", endpoint)
+        return v.code, v.reason, v.fix
+
+    assert bq(404, "notFound") == (
+        "not_found",
+        "NotFound: 404 boom",
+        "run `predaudit provision --sinks bigquery --bq_project p --bq_dataset audit --pubsub off`"
+        " (or replay without --no_create_tables)",
+    )
+    assert "--bq_dataset audit --bq_endpoint http://e:1 --pubsub off`" in bq(404, "notFound", "http://e:1")[2]
+    assert bq(401, "x")[2] == (
+        "check the credentials (`gcloud auth application-default login` or the worker service account)"
+    )
+    assert (
+        bq(403, "accessDenied")[2]
+        == "grant roles/bigquery.dataEditor on p:audit to the pipeline's service account"
+    )
+    assert bq(409, "duplicate")[2] == "unexpected BigQuery answer writing p.audit.predictions"
+    bfn = BigQuerySinkFn("p", "audit")
+    assert bfn.exhausted(exhausted).fix == "check that BigQuery (bigquery.googleapis.com) is reachable"
+    assert (
+        BigQuerySinkFn("p", "audit", "http://e:1").exhausted(exhausted).fix
+        == "check that BigQuery (http://e:1) is reachable"
+    )
+
+
+def _rf(v: Verdict) -> dict[str, str]:
+    return {"reason": v.reason, "fix": v.fix, "code": v.code}

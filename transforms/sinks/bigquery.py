@@ -87,15 +87,18 @@ def _reasons(exc: BaseException) -> set[str]:
     return {e.get("reason", "") for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)}
 
 
-def classify_bigquery(exc: BaseException, table_ref: str, project: str, dataset: str) -> Verdict:
+def classify_bigquery(
+    exc: BaseException, table_ref: str, project: str, dataset: str, endpoint: str = ""
+) -> Verdict:
     """The failure class of an exception raised by ``insert_rows_json`` (google.api_core types)."""
     import requests
     from google.api_core import exceptions as gexc
     from google.auth import exceptions as gauth
 
+    at = f" --bq_endpoint {endpoint}" if endpoint else ""
     provision = (
-        f"run `predaudit provision --sinks bigquery --bq_project {project} --bq_dataset {dataset}` "
-        "(replay creates tables unless --no_create_tables)"
+        f"run `predaudit provision --sinks bigquery --bq_project {project} --bq_dataset {dataset}{at} "
+        "--pubsub off` (or replay without --no_create_tables)"
     )
     text = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
     if isinstance(exc, RowsNotWritten):
@@ -221,7 +224,7 @@ class BigQuerySinkFn(SinkFn):
         return refused
 
     def classify(self, exc: BaseException) -> Verdict:
-        return classify_bigquery(exc, self.where(self.table), self.project, self.dataset)
+        return classify_bigquery(exc, self.where(self.table), self.project, self.dataset, self.endpoint)
 
     def exhausted(self, exc: RetriesExhausted) -> Verdict:
         where = self.endpoint or "bigquery.googleapis.com"

@@ -157,7 +157,7 @@ def classify_clickhouse(exc: BaseException, database: str, table: str, dsn: str)
     where, shown = f"{database}.{table}", redact_dsn(dsn)
     provision = (
         f"run `predaudit provision --sinks clickhouse --clickhouse_dsn {shown} "
-        f"--clickhouse_database {database}` (replay creates tables unless --no_create_tables)"
+        f"--clickhouse_database {database} --pubsub off` (or replay without --no_create_tables)"
     )
     fixes = {
         "unknown_database": provision,
