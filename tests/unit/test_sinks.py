@@ -615,3 +615,32 @@ def test_sink_failure_lines_name_the_fix_exactly() -> None:
 
 def _rf(v: Verdict) -> dict[str, str]:
     return {"reason": v.reason, "fix": v.fix, "code": v.code}
+
+
+def test_clickhouse_sink_writes_each_identity_and_a_retried_batch_once(
+    chdb_path, chdb_client, ch_database
+) -> None:
+    from schemas.tables import create_clickhouse_tables
+    from transforms.sinks.clickhouse import ClickHouseSinkFn
+
+    create_clickhouse_tables(chdb_client, ch_database)
+    fn = ClickHouseSinkFn(f"chdb://{chdb_path}", ch_database).for_table("predictions", 100)
+    fraud = [pred_row(i, "fraud", latency_ms=1.5) for i in range(3)]
+    churn = [pred_row(i, "churn") for i in range(3)]
+    assert drive(fn, fraud) == [] and drive(fn, churn) == [] and drive(fn, fraud) == []
+    got = chdb_client.query(
+        f"SELECT model_name, event_id, latency_ms FROM `{ch_database}`.predictions ORDER BY model_name, event_id"
+    ).result_rows
+    assert got == [("churn", f"evt-{i:06d}", None) for i in range(3)] + [
+        ("fraud", f"evt-{i:06d}", 1.5) for i in range(3)
+    ]
+    assert fn.where("predictions") == f"{ch_database}.predictions"
+
+
+def test_bigquery_refusals_in_a_later_request_chunk_name_the_right_row() -> None:
+    rows = [pred_row(i) for i in range(1100)]  # three insertAll requests of <= 500 rows
+    ids = [insert_id("predictions", r) for r in rows]
+    client = InsertAllAnswers([{}, {ids[777]: "invalid"}, {ids[1099]: "invalid"}])
+    dead = drive(bq_fn(client), rows)
+    assert [d["event_id"] for d in dead] == ["evt-000777", "evt-001099"]
+    assert [len(c) for c in client.calls] == [500, 500, 100] and sum(client.calls, []) == ids
