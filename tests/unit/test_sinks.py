@@ -512,11 +512,11 @@ class InsertAllAnswers:
         ]
 
 
-def bq_fn(client: InsertAllAnswers, mode: str = "replay"):
+def bq_fn(client: InsertAllAnswers, mode: str = "replay", batch: int = 100):
     from transforms.sinks.bigquery import BigQuerySinkFn
 
     fn = BigQuerySinkFn("p", "audit", "http://unused", RetryPolicy(attempts=2, base_delay_s=0.0), mode)  # type: ignore[arg-type]
-    fn = fn.for_table("predictions", 100)
+    fn = fn.for_table("predictions", batch)
     fn.make_client = lambda: client  # type: ignore[method-assign]
     fn.client_key = lambda: (id(client),)  # type: ignore[method-assign]
     return fn
@@ -641,6 +641,6 @@ def test_bigquery_refusals_in_a_later_request_chunk_name_the_right_row() -> None
     rows = [pred_row(i) for i in range(1100)]  # three insertAll requests of <= 500 rows
     ids = [insert_id("predictions", r) for r in rows]
     client = InsertAllAnswers([{}, {ids[777]: "invalid"}, {ids[1099]: "invalid"}])
-    dead = drive(bq_fn(client), rows)
+    dead = drive(bq_fn(client, batch=5000), rows)
     assert [d["event_id"] for d in dead] == ["evt-000777", "evt-001099"]
     assert [len(c) for c in client.calls] == [500, 500, 100] and sum(client.calls, []) == ids
