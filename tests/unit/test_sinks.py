@@ -644,3 +644,45 @@ def test_bigquery_refusals_in_a_later_request_chunk_name_the_right_row() -> None
     dead = drive(bq_fn(client, batch=5000), rows)
     assert [d["event_id"] for d in dead] == ["evt-000777", "evt-001099"]
     assert [len(c) for c in client.calls] == [500, 500, 100] and sum(client.calls, []) == ids
+
+
+class FlakyConnect(MemorySink):
+    """A sink whose client cannot be made the first ``connect_failures`` times."""
+
+    def __init__(self, key: str, connect_failures: int, error: type[Exception]) -> None:
+        super().__init__(key, policy=RetryPolicy(attempts=3, base_delay_s=0.0))
+        self.connect_failures, self.error = connect_failures, error
+
+    def make_client(self) -> object:
+        made = CALLS.setdefault(self.key + "/connect", [])
+        made.append(("connect", 0))
+        if len(made) <= self.connect_failures:
+            raise self.error("cannot open the store")
+        return object()
+
+
+def test_a_client_that_cannot_be_made_is_retried_then_a_connect_failure() -> None:
+    key = f"connect-{uuid.uuid4().hex[:6]}"
+    fn = FlakyConnect(key, 2, ConnectionError)  # refused twice, then up
+    fn.sleep = lambda s: None  # type: ignore[method-assign]
+    assert drive(fn, [pred_row(1)]) == []
+    assert len(CALLS[key + "/connect"]) == 3 and stored(key, "predictions") == ["evt-000001"]
+
+    key = f"connect-{uuid.uuid4().hex[:6]}"
+    fn = FlakyConnect(key, 99, RowError)  # what would read as a row refusal: not before a row is sent
+    with pytest.raises(Exception) as info:
+        drive(fn, [pred_row(i) for i in range(4)])
+    failure = find_sink_failure(info.value)
+    assert failure is not None and failure.code == "connect_failed"
+    assert failure.fix == "check the memory connection settings" and "cannot open the store" in failure.reason
+    assert len(CALLS[key + "/connect"]) == 1 and key not in CALLS  # no bisection, no insert
+
+    key = f"connect-{uuid.uuid4().hex[:6]}"
+    fn = FlakyConnect(key, 99, SinkDown)  # a typed sink failure at connect keeps its own fix
+    with pytest.raises(Exception) as info:
+        drive(fn, [pred_row(1)])
+    failure = find_sink_failure(info.value)
+    assert failure is not None and (failure.code, failure.fix) == (
+        "unknown_table",
+        "run `predaudit provision`",
+    )

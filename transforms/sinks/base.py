@@ -180,7 +180,9 @@ class SinkFn(beam.DoFn):
         if isinstance(exc, ConnectFailed):
             inner = exc.__cause__ or exc
             verdict = self.classify(inner)
-            if verdict.kind == TRANSIENT or verdict.code in ("tls", "auth_failed", "access_denied"):
+            # a typed answer (unreachable, TLS, auth, unknown database) stands; what would read
+            # as a row or schema problem cannot be one before any row was sent
+            if verdict.kind != ROW_REFUSAL and verdict.code not in ("missing_column", "unexpected_error"):
                 return verdict
             return Verdict(
                 SINK_FAILURE, "connect_failed", f"cannot connect: {verdict.reason}", self.connect_fix()
