@@ -172,6 +172,7 @@ class Sidecar:
         self._started = threading.Event()
         self._sweeper: asyncio.Task | None = None
         self._last_spool_log: dict[str, float] = {}
+        self._stopped = False
 
     def _spool_error(self, op: str, exc: OSError) -> None:
         """A disk error the spool survived: counted, logged at most once a minute per operation."""
@@ -180,7 +181,8 @@ class Sidecar:
         now = time.monotonic()
         if now - self._last_spool_log.get(op, -120.0) >= 60:
             self._last_spool_log[op] = now
-            log.error("spool %s failed in %s: %s (%s); retrying", op, self.cfg.spool_dir, name, exc.strerror)
+            then = "answering 503 until it succeeds" if op == "append" else "retrying"
+            log.error("spool %s failed in %s: %s (%s); %s", op, self.cfg.spool_dir, name, exc.strerror, then)
 
     # -- app --------------------------------------------------------------------------------
     def app(self) -> web.Application:
@@ -458,6 +460,9 @@ class Sidecar:
         ``drain_timeout_s`` defaults to ``shutdown_grace_s``; what is not published by then
         stays in the spool for the next start.
         """
+        if self._stopped:
+            return
+        self._stopped = True
         grace = self.cfg.shutdown_grace_s if drain_timeout_s is None else drain_timeout_s
         deadline = time.monotonic() + grace
         if self._loop is not None and self._thread is not None:
@@ -485,7 +490,14 @@ class Sidecar:
         )
         print(f"predaudit sidecar listening on http://{self.cfg.host}:{self.port}", flush=True)
         stop.wait()
+        t0 = time.monotonic()
         self.stop()
+        log.info(
+            "predaudit sidecar stopped in %.1f s; %d unpublished events stay in %s for the next start",
+            time.monotonic() - t0,
+            self.spool.depth,
+            self.cfg.spool_dir,
+        )
 
 
 @web.middleware

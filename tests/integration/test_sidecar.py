@@ -3,6 +3,7 @@ KServe CloudEvents, a Pub/Sub outage with an emulator restart, SIGKILL, and a fu
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import os
 import pathlib
@@ -21,6 +22,7 @@ import requests
 
 from pipelines import localstack
 from sidecar.server import Sidecar, SidecarConfig
+from sidecar.spool import Spool
 from tests.helpers import TcpProxy, event
 
 PROJECT = "predaudit-test"
@@ -94,9 +96,52 @@ def bus(pubsub_emulator, monkeypatch) -> Bus:
     return Bus(pubsub_emulator.endpoint)
 
 
+class CheckedSidecar(Sidecar):
+    """A sidecar that checks every 202 of /v1/* as it is sent: the events it acknowledges must
+    already be in the spool (and fsynced with ``--fsync always``). A response sent before the
+    write is recorded in ``early`` (a kill at that moment would lose acknowledged events)."""
+
+    def __init__(self, cfg: SidecarConfig) -> None:
+        super().__init__(cfg)
+        self.checked = 0  # 202 answers checked
+        self.early: list[str] = []
+        self._writes: dict[Any, tuple[int, int]] = {}  # request task -> (events spooled, ticket)
+        append = self.spool.append
+
+        def recorded(records: Any) -> int:
+            records = list(records)
+            ticket = append(records)
+            try:
+                task = asyncio.current_task()
+            except RuntimeError:  # not on the event loop
+                task = None
+            if task is not None:
+                n, _ = self._writes.get(task, (0, 0))
+                self._writes[task] = (n + len(records), ticket)
+            return ticket
+
+        self.spool.append = recorded  # type: ignore[method-assign]
+
+    def app(self) -> Any:
+        app = super().app()
+        app.on_response_prepare.append(self._check)
+        return app
+
+    async def _check(self, request: Any, response: Any) -> None:
+        spooled, ticket = self._writes.pop(asyncio.current_task(), (0, 0))
+        if response.status != 202 or not request.path.startswith("/v1/"):
+            return
+        self.checked += 1
+        accepted = orjson.loads(response.body)["accepted"]
+        if spooled < accepted:
+            self.early.append(f"202 for {accepted} events with {spooled} of them in the spool")
+        if self.cfg.fsync == "always" and self.spool._synced_total < ticket:
+            self.early.append("202 before the fsync of its events")
+
+
 @pytest.fixture()
 def start_sidecar(tmp_path: pathlib.Path) -> Iterator:
-    started: list[Sidecar] = []
+    started: list[CheckedSidecar] = []
 
     def start(bus: Bus, **kw: Any) -> Sidecar:
         cfg = SidecarConfig(
@@ -107,13 +152,15 @@ def start_sidecar(tmp_path: pathlib.Path) -> Iterator:
             spool_dir=str(kw.pop("spool_dir", tmp_path / f"spool-{len(started)}")),
             **kw,
         )
-        sc = Sidecar(cfg).start()
+        sc = CheckedSidecar(cfg).start()
         started.append(sc)
         return sc
 
     yield start
     for sc in started:
         sc.stop(0)
+    early = [e for sc in started for e in sc.early]
+    assert not early, f"a 202 was sent before its events were written: {early[:3]}"
 
 
 def url(sc: Sidecar, path: str) -> str:
@@ -213,15 +260,18 @@ def test_bad_requests_get_the_right_status_and_nothing_is_published(
     assert metric(sc, 'predaudit_sidecar_requests_total{route="/v1/predictions",status="401"}') == 2
 
 
-def test_mixed_batch_accepts_the_valid_events(bus: Bus, start_sidecar) -> None:
+def test_a_mixed_batch_is_refused_whole_and_its_valid_events_go_on_a_resend(bus: Bus, start_sidecar) -> None:
     sc = start_sidecar(bus)
     good = [prediction(i=i) for i in range(3)]
     bad = prediction(i=9)
     bad["latency_ms"] = -1
     r = requests.post(url(sc, "/v1/predictions"), data=orjson.dumps([good[0], bad, *good[1:]]), timeout=5)
     assert r.status_code == 400
-    assert r.json()["accepted"] == 3 and r.json()["rejected"][0]["index"] == 1
-    assert ids(bus.pull(want=3)) == [e["event_id"] for e in good]
+    assert r.json()["accepted"] == 0 and [x["index"] for x in r.json()["rejected"]] == [1]
+    r = requests.post(url(sc, "/v1/predictions"), data=orjson.dumps(good), timeout=5)  # without index 1
+    assert r.status_code == 202
+    assert ids(bus.pull(want=3, quiet=1.0)) == [e["event_id"] for e in good]  # each once
+    assert sc.checked == 1  # the 202 was checked: its events were spooled before it was sent
 
 
 # -- KServe ---------------------------------------------------------------------------------
@@ -455,10 +505,20 @@ def test_sigkill_loses_no_acknowledged_event(bus: Bus, pubsub_emulator, tmp_path
         wait_for(lambda: len(poster.acked) >= 200, what="200 accepted events")
         proxy.close()  # build a backlog in the spool
         wait_for(lambda: len(poster.acked) >= 600, what="600 accepted events")
-        proc.send_signal(signal.SIGKILL)
+        last = prediction(i=10**6)
+        r = requests.post(f"http://127.0.0.1:{port}/v1/predictions", data=orjson.dumps(last), timeout=5)
+        proc.send_signal(signal.SIGKILL)  # right after the 202: it promised the event is on disk
         proc.wait(10)
         poster.stop()
-        acked = list(poster.acked)
+        assert r.status_code == 202
+        acked = [*poster.acked, last]
+        spool_view = Spool(spool, fsync="never")  # the dead sidecar's spool, as the next start sees it
+        try:
+            batches = iter(lambda: spool_view.read(1000), [])
+            in_spool = {rec.attributes["event_id"] for batch in batches for rec in batch}
+        finally:
+            spool_view.close()
+        assert last["event_id"] in in_spool, "a 202 came before the event was written"
         proxy.open()
         proc = sidecar_process(bus, spool, port, proxy.address, tmp_path / "sidecar.log")
         got = bus.pull(want=len(acked), timeout=60, quiet=1.0)
@@ -518,13 +578,15 @@ def test_client_library_through_the_sidecar_and_directly(bus: Bus, start_sidecar
     label = {"schema_version": "1", "event_id": events[0]["event_id"], "label_time": now_iso(), "label": 1}
     logger.log_label(label)
     assert logger.close(10)
-    assert logger.stats == {"dropped": 0, "sent": 41, "rejected": 1, "errors": 0}
+    s = logger.stats()
+    assert (s["sent"], s["rejected"], s["dropped"], s["failed"]) == (41, 1, 0, 0)
+    assert s["rejected_by_code"] == {"wrong_type": 1}
 
     direct = PredictionLogger(topic=f"projects/{PROJECT}/topics/{bus.topics['predictions']}")
     for e in events[40:]:
         direct.log(orjson.dumps(e))
     assert direct.close(30)
-    assert direct.stats["sent"] == 10
+    assert direct.stats()["sent"] == 10
     got = bus.pull(want=50)
     assert sorted(ids(got)) == sorted(e["event_id"] for e in events)
     assert {m.attributes["model"] for m in got} == {"fraud"}

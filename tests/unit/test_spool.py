@@ -275,3 +275,37 @@ def test_a_cursor_behind_deleted_segments_resumes_at_the_next_one(tmp_path) -> N
     replayed = [int(r.attributes["event_id"]) for r in drain(s2)]
     assert replayed[-10:] == list(range(30, 40)) and replayed == sorted(replayed)  # no loss
     assert len(replayed) <= 10 + 40 // 3  # only the rest of the segment the cursor was in
+
+
+class _FailingPwrite:
+    """``os`` for sidecar.spool whose cursor writes fail with ENOSPC while ``failing``."""
+
+    def __init__(self) -> None:
+        self.failing, self.refused = True, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+    def pwrite(self, fd: int, data: bytes, offset: int) -> int:
+        if self.failing:
+            self.refused += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return os.pwrite(fd, data, offset)
+
+
+def test_a_failed_cursor_write_is_retried_not_fatal(tmp_path, monkeypatch) -> None:
+    errors: list[tuple[str, int]] = []
+    s = Spool(tmp_path, fsync="always", on_error=lambda op, exc: errors.append((op, exc.errno)))
+    s.append([rec(i) for i in range(10)])
+    got = drain(s)
+    fake = _FailingPwrite()
+    monkeypatch.setattr(spool_module, "os", fake)
+    s.commit(got[5].segment, got[5].end, 6)  # must not raise: the drainer calls this
+    assert s.cursor_dirty and s.depth == 4 and errors == [("cursor", errno.ENOSPC)]
+    assert s.persist_cursor() is False  # still refused, still not fatal
+    fake.failing = False
+    assert s.persist_cursor() is True and not s.cursor_dirty
+    s.close()
+    s2 = Spool(tmp_path, fsync="always")
+    assert [r.attributes["event_id"] for r in drain(s2)] == ["6", "7", "8", "9"]
+    s2.close()
