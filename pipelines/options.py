@@ -67,6 +67,15 @@ _OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
         "both",
     ),
     (
+        "--sink_failure_max_delay_s",
+        {
+            "type": float,
+            "default": 60.0,
+            "help": "streaming: cap of the backoff while a sink cannot take rows (backpressure)",
+        },
+        "streaming",
+    ),
+    (
         "--references",
         {"default": "", "help": "folder of <model>.json drift references (predaudit reference build)"},
         "both",
@@ -164,6 +173,8 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         )
     if opts.dedup_horizon_s <= 0 or opts.sink_batch_size <= 0 or opts.sink_max_attempts <= 0:
         raise OptionsError("--dedup_horizon_s, --sink_batch_size and --sink_max_attempts must be > 0")
+    if (getattr(opts, "sink_failure_max_delay_s", None) or 60.0) <= 0:
+        raise OptionsError("--sink_failure_max_delay_s must be > 0")
     if mode == "streaming":
         if not re.match(_PATH["subscription"], opts.predictions_subscription):
             raise OptionsError(
