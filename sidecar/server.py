@@ -39,7 +39,7 @@ from aiohttp import web
 
 from schemas import Decoders, EventValidationError, Limits
 from sidecar.attributes import attributes_of
-from sidecar.kserve import Joiner, KServeError, half_from_cloudevent, load_mapping
+from sidecar.kserve import Joiner, KServeError, half_from_cloudevent, load_mapping, run_sweeper
 from sidecar.metrics import SidecarMetrics
 from sidecar.publisher import Drainer, make_api
 from sidecar.spool import Spool, SpoolFull, SpoolWriteFailed
@@ -48,6 +48,21 @@ log = logging.getLogger("predaudit.sidecar")
 _RAW_LIST = msgspec.json.Decoder(list[msgspec.Raw])
 #: rejected events listed in a 400 body (the rest are counted by code): bounds the body size
 MAX_LISTED = 100
+#: room the spool volume needs beyond --spool-max-bytes (cursor, lock, KServe journal, fs overhead)
+SPOOL_HEADROOM = 1 << 20
+
+
+def volume_bytes(path: str | os.PathLike) -> int | None:
+    """Size of the filesystem holding ``path`` (None if it cannot be asked).
+
+    >>> volume_bytes("/") > 0
+    True
+    """
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_blocks * st.f_frsize
 
 
 @dataclasses.dataclass
@@ -142,6 +157,15 @@ class Sidecar:
         self.spool = Spool(
             cfg.spool_dir, cfg.spool_max_bytes, cfg.fsync, cfg.fsync_interval_s, on_error=self._spool_error
         )
+        volume = volume_bytes(cfg.spool_dir)
+        if volume is not None and cfg.spool_max_bytes + SPOOL_HEADROOM > volume:
+            log.warning(
+                "--spool-max-bytes %d does not fit the spool volume (%d bytes): the disk fills before"
+                " the cap (requests then get 503 spool_write_failed); set it to at most %d",
+                cfg.spool_max_bytes,
+                volume,
+                volume - SPOOL_HEADROOM,
+            )
         topics = {
             "prediction": cfg.topic_path(cfg.predictions_topic),
             "label": cfg.topic_path(cfg.labels_topic),
@@ -378,15 +402,12 @@ class Sidecar:
         self.metrics.requests.labels(route, "202").inc()
         return self._json(202, {"accepted": emitted, "pending": self.joiner.pending})
 
-    async def _sweep(self) -> None:
-        assert self.joiner is not None
-        while True:
-            await asyncio.sleep(min(1.0, self.joiner.mapping.ttl_s / 4))
-            for half, err in self.joiner.expire():
-                self.metrics.kserve_unpaired.labels(half).inc()
-                if err is not None:
-                    self.metrics.rejected.labels("prediction", getattr(err, "code", "kserve_bad_body")).inc()
-                    log.warning("unpaired KServe %s could not be mapped: %s", half, err.code)
+    def _report_unpaired(self, half: str, err: Any) -> None:
+        """The sweeper's report for one lone half done: published flagged, or a counted rejection."""
+        self.metrics.kserve_unpaired.labels(half).inc()
+        if err is not None:
+            self.metrics.rejected.labels("prediction", getattr(err, "code", "kserve_bad_body")).inc()
+            log.warning("unpaired KServe %s could not be mapped: %s", half, getattr(err, "code", "?"))
 
     # -- probes -----------------------------------------------------------------------------
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -420,7 +441,10 @@ class Sidecar:
         await site.start()
         self.port = site._server.sockets[0].getsockname()[1]  # the real port when 0 was asked
         if self.joiner is not None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep())
+            # run_sweeper survives a failing pass (a dead sweeper would strand every lone half)
+            self._sweeper = asyncio.get_running_loop().create_task(
+                run_sweeper(self.joiner, self._report_unpaired)
+            )
 
     async def _stop_async(self) -> None:
         if self._sweeper:

@@ -22,6 +22,7 @@ import pytest
 import requests
 
 from sidecar.server import MAX_LISTED, Sidecar, SidecarConfig
+from sidecar.spool import parse_frames
 from tests.helpers import event
 
 
@@ -69,9 +70,11 @@ def raw_request(sc: Sidecar, head: bytes, body: bytes = b"") -> bytes:
 
 
 def spooled_ids(sc: Sidecar) -> list[str]:
+    """Event ids in the spool's segment files (read from disk: the drainer owns ``read``)."""
     out = []
-    while batch := sc.spool.read(1000):
-        out += [r.attributes["event_id"] for r in batch]
+    for seg in sorted(pathlib.Path(sc.cfg.spool_dir).glob("seg-*.log")):
+        records, _ = parse_frames(seg.read_bytes(), 0, 0)
+        out += [r.attributes["event_id"] for r in records]
     return out
 
 
