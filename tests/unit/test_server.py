@@ -24,6 +24,7 @@ import requests
 from sidecar.server import MAX_LISTED, Sidecar, SidecarConfig
 from sidecar.spool import parse_frames
 from tests.helpers import event
+from tests.unit.test_spool import small_volume
 
 
 def closed_port() -> int:
@@ -40,7 +41,8 @@ def start(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> Iterator:
     started: list[Sidecar] = []
 
     def run(**kw: Any) -> Sidecar:
-        cfg = SidecarConfig(port=0, spool_dir=str(tmp_path / f"spool-{len(started)}"), **kw)
+        kw.setdefault("spool_dir", str(tmp_path / f"spool-{len(started)}"))
+        cfg = SidecarConfig(port=0, **kw)
         sc = Sidecar(cfg).start()
         started.append(sc)
         return sc
@@ -256,3 +258,28 @@ def test_slow_and_idle_connections_are_closed(start) -> None:
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         closed, got = wait_closed(s, 4.0)
         assert closed and got.startswith(b"HTTP/1.1 200 "), got[:200]
+
+
+# -- 503: nothing of the request stays ------------------------------------------------------
+def test_a_full_spool_or_a_full_disk_is_503_with_retry_after_and_nothing_stored(
+    start, tmp_path, monkeypatch
+) -> None:
+    capped = start(spool_max_bytes=4000)
+    r = post(capped, orjson.dumps([good(i) for i in range(10)]))
+    assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+    assert r.json()["error"]["code"] == "spool_full" and r.json()["accepted"] == 0
+    assert capped.spool.depth == 0 and spooled_ids(capped) == []
+    with small_volume(tmp_path / "vol", 1 << 20, monkeypatch) as vol:
+        sc = start(spool_dir=str(vol.path / "spool"))
+        first = good(0)
+        assert post(sc, orjson.dumps(first)).status_code == 202
+        vol.fill()
+        r = post(sc, orjson.dumps([good(i) for i in range(1, 30)]))
+        assert r.status_code == 503 and r.headers["Retry-After"] == "5"
+        assert r.json()["error"]["code"] == "spool_write_failed" and "ENOSPC" in r.json()["error"]["message"]
+        assert spooled_ids(sc) == [first["event_id"]]  # the refused request left nothing, not even part
+        vol.free()
+        second = good(99)
+        assert post(sc, orjson.dumps(second)).status_code == 202
+        assert spooled_ids(sc) == [first["event_id"], second["event_id"]]
+        sc.stop(0)
