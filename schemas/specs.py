@@ -289,14 +289,33 @@ class PiiKey:
         return None
 
 
+def name_key(name: str) -> str:
+    """The spelling-insensitive form of a model or feature name: no surrounding space, case-folded.
+
+    Two names with the same key are one name written differently (``"Fraud "`` and ``"fraud"``):
+    PII rules and spec lookups must not be escaped by such a spelling.
+
+    >>> name_key(" Fraud\t"), name_key("E-Mail")
+    ('fraud', 'e-mail')
+    """
+    return name.strip().casefold()
+
+
 class PiiRedactor:
     """Applies a spec's PII rules to a features mapping (returns a new dict when needed).
+
+    A feature whose name differs from a PII feature's only by case or surrounding space
+    (``"Email"``, ``"email "``) gets that feature's rule too: a misspelt key must not carry
+    the raw value into a table.
 
     >>> spec = parse_spec("name: m\\nfeatures: [{name: email, type: text, pii: hash},"
     ...                   " {name: ssn, type: text, pii: drop}, {name: a, type: numeric}]")
     >>> out = PiiRedactor(spec, PiiKey(b"k" * 32)).apply({"email": "a@b.c", "ssn": "1", "a": 1.0})
     >>> sorted(out), out["email"].startswith("hmac-sha256:")
     (['a', 'email'], True)
+    >>> out = PiiRedactor(spec, PiiKey(b"k" * 32)).apply({"Email ": "a@b.c", "SSN": "1", "a": 1.0})
+    >>> sorted(out), out["Email "].startswith("hmac-sha256:")
+    (['Email ', 'a'], True)
     """
 
     def __init__(self, spec: ModelSpec, key: PiiKey | None) -> None:
@@ -310,6 +329,10 @@ class PiiRedactor:
             )
         self._key = key
         self.active = bool(self._hash or self._drop)
+        self._names = frozenset(f.name for f in spec.features)
+        #: name_key(feature) -> rule, for keys spelt differently from the spec
+        self._variants = {name_key(n): "drop" for n in self._drop}
+        self._variants.update({name_key(n): "hash" for n in self._hash})
 
     def apply(self, features: dict[str, Any]) -> dict[str, Any]:
         if not self.active:
@@ -320,9 +343,36 @@ class PiiRedactor:
         for name in self._hash:
             if out.get(name) is not None:
                 out[name] = self._key.hash(out[name])  # type: ignore[union-attr]
+        if not self._names.issuperset(out):  # keys the spec does not name: misspelt PII?
+            for name in [n for n in out if n not in self._names]:
+                rule = self._variants.get(name_key(name))
+                if rule == "drop":
+                    del out[name]
+                elif rule == "hash" and out[name] is not None:
+                    out[name] = self._key.hash(out[name])  # type: ignore[union-attr]
         return out
 
 
 def redactors(specs: Mapping[str, ModelSpec], key: PiiKey | None) -> dict[str, PiiRedactor]:
     """One redactor per model with PII rules (fails early when a needed key is missing)."""
     return {name: r for name, spec in specs.items() if (r := PiiRedactor(spec, key)).active}
+
+
+def pii_rules(specs: Mapping[str, ModelSpec]) -> dict[str, Literal["hash", "drop"]]:
+    """``name_key(feature) -> rule`` for every feature that ANY spec marks as PII.
+
+    Used where the model (or the document) cannot be trusted: payloads that do not decode.
+    When two specs disagree, ``drop`` wins (the stricter rule).
+
+    >>> a = parse_spec("name: a\\nfeatures: [{name: Email, type: text, pii: hash}]")
+    >>> b = parse_spec("name: b\\nfeatures: [{name: email, type: text, pii: drop},"
+    ...                " {name: card, type: text, pii: hash}]")
+    >>> sorted(pii_rules({"a": a, "b": b}).items())
+    [('card', 'hash'), ('email', 'drop')]
+    """
+    rules: dict[str, Literal["hash", "drop"]] = {}
+    for spec in specs.values():
+        for f in spec.features:
+            if f.pii is not None and rules.get(name_key(f.name)) != "drop":
+                rules[name_key(f.name)] = f.pii
+    return rules

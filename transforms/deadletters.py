@@ -1,8 +1,11 @@
 """The one dead-letter record type, fed by every stage (decode, sinks, monitors).
 
-A dead letter keeps the full raw payload (or, above the cap, its prefix + sha256 + size),
-the Pub/Sub attributes, a stable code, the JSON path and a message, so an operator can
-fix the producer and replay. PII features of a parseable payload are redacted first.
+A dead letter keeps the raw payload (or, above the cap, its prefix) + sha256 + size, the
+Pub/Sub attributes, a stable code, the JSON path and a message, so an operator can fix the
+producer and replay. No raw PII value is stored (``--dead_letter_payload``): by default
+(``redacted``) the values of every feature any spec marks as PII are removed, whether the
+payload parses or not (``PayloadRedactor``); ``hash`` keeps only sha256 + size; ``full``
+keeps the raw bytes, PII included.
 """
 
 from __future__ import annotations
@@ -10,12 +13,13 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import orjson
 
-from schemas.specs import PiiRedactor
+from schemas.specs import ModelSpec, PiiKey, name_key, pii_rules
 from transforms.rows import PIPELINE_VERSION, from_micros, to_micros
 
 
@@ -28,30 +32,214 @@ class RawMessage(NamedTuple):
     publish_time: dt.datetime | None = None
 
 
-def redact_payload(data: bytes, redactors: Mapping[str, PiiRedactor]) -> bytes:
-    """Apply PII rules to a rejected payload when it parses and names a model with PII rules.
+#: what a decode-stage dead letter keeps of the raw payload (``--dead_letter_payload``)
+PAYLOAD_MODES = ("redacted", "hash", "full")
+#: what stands in for a ``pii: drop`` value the byte scan found (a parsed document loses the key)
+DROPPED = b'"pii:dropped"'
+_KEY = re.compile(
+    rb"""(?:"((?:[^"\\]|\\.){0,256}?)"|'((?:[^'\\]|\\.){0,256}?)'|\b([A-Za-z_][\w.-]{0,127}))\s*:\s*""",
+    re.S,
+)
+_CLOSE = {ord("["): ord("]"), ord("{"): ord("}")}
+_TOKEN_END = frozenset(b",}]\r\n")
 
-    A payload that does not parse cannot be searched for feature values; it is kept as is.
 
-    >>> redact_payload(b"not json", {})
-    b'not json'
+class PayloadRedactor:
+    """Removes the values of PII features from a rejected payload, parseable or not.
+
+    The rules are those of EVERY spec (``pii_rules``): a rejected payload may name no model,
+    the wrong one, or not parse at all. A payload that parses as JSON has every key any spec
+    marks as PII redacted wherever it occurs (``drop`` removes it, ``hash`` stores the keyed
+    HMAC, the same value as in an audit row). A payload that does not parse (NaN literals,
+    invalid UTF-8, a truncated prefix, broken syntax) gets a tolerant byte scan: each
+    ``"key": value`` (or ``'key'`` / bare ``key``) pair whose key is PII has its value, up to
+    its end or to the end of the data, replaced. Keys match by ``name_key`` (case, surrounding
+    space) after JSON escapes are decoded.
+
+    >>> from schemas.specs import PiiKey, parse_spec
+    >>> spec = parse_spec("name: m\\nfeatures: [{name: email, type: text, pii: hash},"
+    ...                   " {name: ssn, type: text, pii: drop}]")
+    >>> r = PayloadRedactor({"m": spec}, PiiKey(b"k" * 32))
+    >>> out, found = r.redact(b'{"features": {"ssn": "123-45", "Email": "a@b.c", "x": NaN}')
+    >>> out.startswith(b'{"features": {"ssn": "pii:dropped", "Email": "hmac-sha256:'), sorted(found)
+    (True, ['123-45', 'a@b.c'])
+    >>> r.redact(b'{"model": {"name": "m"}, "features": {"ssn": "1", "email": null}}')[0]
+    b'{"model":{"name":"m"},"features":{"email":null}}'
+    >>> r.redact(b'{"ssn": "123-4')[0]  # a truncated prefix: redacted to the end
+    b'{"ssn": "pii:dropped"'
     """
-    if not redactors:
-        return data
+
+    def __init__(self, specs: Mapping[str, ModelSpec], key: PiiKey | None) -> None:
+        self.rules = pii_rules(specs)
+        self._key = key
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def redact(self, data: bytes, parse: bool = True) -> tuple[bytes, list[str]]:
+        """(payload without PII values, the raw values removed: to scrub messages with)."""
+        if not self.rules:
+            return data, []
+        found: list[str] = []
+        if parse:
+            try:
+                doc = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                return orjson.dumps(self._doc(doc, found)), found
+        return self._scan(data, found), found
+
+    def _hash(self, value: Any) -> str:
+        if self._key is None:  # only drop rules exist (a hash rule needs a key to load)
+            return "pii:dropped"
+        return self._key.hash(value)
+
+    def _doc(self, node: Any, found: list[str]) -> Any:
+        if isinstance(node, list):
+            return [self._doc(v, found) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {}
+        for k, v in node.items():
+            rule = self.rules.get(name_key(k))
+            if rule is None:
+                out[k] = self._doc(v, found)
+                continue
+            if v is not None:
+                found.append(v if isinstance(v, str) else orjson.dumps(v).decode())
+            if rule == "hash":
+                out[k] = None if v is None else self._hash(v)
+        return out
+
+    def _scan(self, data: bytes, found: list[str]) -> bytes:
+        out, pos, n = bytearray(), 0, len(data)
+        while (m := _KEY.search(data, pos)) is not None:
+            raw_key = m.group(1) if m.group(1) is not None else m.group(2) or m.group(3)
+            rule = self.rules.get(name_key(_unescape(raw_key)))
+            if rule is None:
+                out += data[pos : m.start() + 1]
+                pos = m.start() + 1  # overlapping: a non-PII match must not swallow a PII key
+                continue
+            start = m.end()
+            end = _value_end(data, start)
+            if end == start:  # no value (``"email": ,``)
+                out += data[pos:end]
+                pos = max(end, m.start() + 1)
+                continue
+            value = data[start:end]
+            if value.strip() not in (b"null", b""):
+                found.append(_value_text(value))
+            out += data[pos:start]
+            if rule == "drop":
+                out += DROPPED
+            else:
+                out += orjson.dumps(self._hash(_value_text(value)))
+            pos = end
+        out += data[pos:n]
+        return bytes(out)
+
+
+def _unescape(key: bytes) -> str:
+    """A key's text with JSON escapes decoded (``em\\u0061il`` is ``email``); bytes that are
+    not UTF-8 are replaced."""
     try:
-        doc = orjson.loads(data)
+        return orjson.loads(b'"' + key + b'"')
     except orjson.JSONDecodeError:
-        return data
-    if not isinstance(doc, dict):
-        return data
-    model = doc.get("model")
-    name = model.get("name") if isinstance(model, dict) else None
-    red = redactors.get(name) if isinstance(name, str) else None
-    features = doc.get("features")
-    if red is None or not isinstance(features, dict):
-        return data
-    doc["features"] = red.apply(features)
-    return orjson.dumps(doc)
+        return key.decode("utf-8", "replace")
+
+
+def _value_end(data: bytes, i: int) -> int:
+    """End of the JSON-ish value starting at ``i``: a quoted string, a bracketed value or a bare
+    token (NaN, -Infinity, numbers, garbage bytes). Unterminated: the end of the data.
+
+    >>> _value_end(b'"a\\\\"b", 1', 0), _value_end(b'[1, "]", [2]] x', 0), _value_end(b'NaN}', 0)
+    (6, 13, 3)
+    >>> _value_end(b'"open', 0), _value_end(b'{"a": [1, 2', 0)
+    (5, 11)
+    """
+    n = len(data)
+    if i >= n:
+        return n
+    c = data[i]
+    if c in (34, 39):  # " or '
+        j = i + 1
+        while j < n:
+            if data[j] == 92:  # backslash
+                j += 2
+                continue
+            if data[j] == c:
+                return j + 1
+            j += 1
+        return n
+    if c in _CLOSE:
+        depth, j, quote = 0, i, 0
+        while j < n:
+            b = data[j]
+            if quote:
+                if b == 92:
+                    j += 1
+                elif b == quote:
+                    quote = 0
+            elif b in (34, 39):
+                quote = b
+            elif b in _CLOSE:
+                depth += 1
+            elif b in (93, 125):
+                depth -= 1
+                if depth == 0:
+                    return j + 1
+            j += 1
+        return n
+    j = i
+    while j < n and data[j] not in _TOKEN_END:
+        j += 1
+    while j > i and data[j - 1] in b" \t":
+        j -= 1
+    return j
+
+
+def _value_text(value: bytes) -> str:
+    """The text of a found value: a complete JSON string decoded (so its hash matches the audit
+    row's), anything else as its bytes (invalid UTF-8 replaced)."""
+    try:
+        v = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return value.decode("utf-8", "replace")
+    return v if isinstance(v, str) else value.decode()
+
+
+def scrub(text: str, values: list[str]) -> str:
+    """``text`` without any of the PII ``values`` (error messages must not quote them).
+
+    >>> scrub("bad value 'a@b.c' at $.x", ["a@b.c"])
+    "bad value '<pii>' at $.x"
+    """
+    for v in sorted({v for v in values if len(v) >= 3}, key=len, reverse=True):
+        text = text.replace(v, "<pii>")
+    return text
+
+
+def stored_payload(
+    data: bytes, mode: str, redactor: PayloadRedactor | None, prefix_bytes: int, max_bytes: int
+) -> tuple[bytes | None, list[str]]:
+    """What a decode-stage dead letter stores of ``data`` (None: nothing), and the PII values
+    removed. Above ``max_bytes`` only the first ``prefix_bytes`` are kept (redacted by scan).
+
+    >>> stored_payload(b'{"x": 1}', "hash", None, 10, 100)
+    (None, [])
+    >>> stored_payload(b'0123456789abc', "full", None, 4, 8)
+    (b'0123', [])
+    """
+    if mode not in PAYLOAD_MODES:
+        raise ValueError(f"dead letter payload mode must be one of {PAYLOAD_MODES}, not {mode!r}")
+    if mode == "hash":
+        return None, []
+    truncated = len(data) > max_bytes
+    kept = data[:prefix_bytes] if truncated else data
+    if mode == "full" or not redactor:
+        return kept, []
+    return redactor.redact(kept, parse=not truncated)
 
 
 def dead_letter(
@@ -65,11 +253,15 @@ def dead_letter(
     ingest_time: dt.datetime,
     prefix_bytes: int,
     max_bytes: int,
-    redactors: Mapping[str, PiiRedactor] | None = None,
+    redactor: PayloadRedactor | None = None,
+    payload_mode: str = "redacted",
     event_id: str | None = None,
     model: tuple[str | None, str | None] = (None, None),
 ) -> dict[str, Any]:
     """A ``dead_letters`` row. ``dead_letter_id`` is stable for the same stage, payload and message.
+
+    ``redactor`` removes PII from the stored payload (``payload_mode`` ``redacted``); a PII
+    value it found is removed from the message and path too.
 
     >>> now = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
     >>> d = dead_letter(RawMessage(b"{x", {"a": "b"}), stage="decode", kind="prediction",
@@ -81,12 +273,14 @@ def dead_letter(
     data = msg.data
     digest = hashlib.sha256(data).hexdigest()
     truncated = len(data) > max_bytes
-    stored = data[:prefix_bytes] if truncated else redact_payload(data, redactors or {})
-    try:
-        text: str | None = stored.decode("utf-8")
-        b64 = None
-    except UnicodeDecodeError:
-        text, b64 = None, base64.b64encode(stored).decode()
+    stored, found = stored_payload(data, payload_mode, redactor, prefix_bytes, max_bytes)
+    text: str | None = None
+    b64: str | None = None
+    if stored is not None:
+        try:
+            text = stored.decode("utf-8")
+        except UnicodeDecodeError:
+            b64 = base64.b64encode(stored).decode()
     return {
         # distinct messages with the same bytes stay distinct; a redelivery of one message
         # (same message_id) or an identical replayed line collapses
@@ -96,8 +290,8 @@ def dead_letter(
         "stage": stage,
         "kind": kind,
         "error_code": code,
-        "error_path": path,
-        "error_message": message[:2000],
+        "error_path": scrub(path, found),
+        "error_message": scrub(message, found)[:2000],
         "event_id": event_id,
         "model_name": model[0],
         "model_version": model[1],

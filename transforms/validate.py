@@ -3,12 +3,19 @@
 Nothing one bad element does can fail a bundle: contract violations become dead letters
 with their code, and an unexpected failure on one element becomes an ``internal_error``
 dead letter (counted) instead of an exception.
+
+PII on every path: audit rows get their model's PII rules; dead letters get the rules of
+every spec (``transforms.deadletters.PayloadRedactor``), parseable or not. A model name that
+differs from a spec's name only by case or surrounding space (``"Fraud"``, ``"fraud "``) is
+rejected as ``model_name_mismatch`` (its payload redacted), never audited as an unknown,
+unredacted model: identities stay exact, and the producer learns the name to send.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -17,19 +24,43 @@ from apache_beam import pvalue
 from apache_beam.transforms.window import TimestampedValue
 
 from schemas import Decoders, EventValidationError, Limits
-from schemas.specs import ModelSpec, PiiKey, QualityChecker, redactors
-from transforms.deadletters import RawMessage, dead_letter
+from schemas.specs import ModelSpec, PiiKey, QualityChecker, name_key, redactors
+from transforms.deadletters import PAYLOAD_MODES, PayloadRedactor, RawMessage, dead_letter
 from transforms.metrics import counter
 from transforms.rows import label_row, prediction_row
 
 DEAD_LETTERS = "dead_letters"
 _US = dt.timedelta(microseconds=1)
 _log = logging.getLogger(__name__)
+#: codes this stage adds to the decoder's (``schemas.ERROR_CODES``), with the producer's fix
+PIPELINE_ERROR_CODES = {
+    "model_name_mismatch": "Send model.name exactly as its spec names it (case and spaces matter).",
+    "internal_error": "A bug in predaudit: report it with the dead letter's id; replay after the fix.",
+}
+
+
+def spelling_of(name: str, specs: Mapping[str, ModelSpec]) -> str | None:
+    """The spec name that ``name`` misspells by case or surrounding space, else None.
+
+    >>> from schemas.specs import parse_spec
+    >>> specs = {"fraud": parse_spec("name: fraud\\nfeatures: []")}
+    >>> spelling_of("Fraud ", specs), spelling_of("fraud", specs), spelling_of("churn", specs)
+    ('fraud', None, None)
+    """
+    if name in specs:
+        return None
+    key = name_key(name)
+    return next((n for n in specs if name_key(n) == key), None)
 
 
 class _ValidateFn(beam.DoFn):
     def __init__(
-        self, kind: str, limits: Limits, specs: Mapping[str, ModelSpec], check_time_bounds: bool
+        self,
+        kind: str,
+        limits: Limits,
+        specs: Mapping[str, ModelSpec],
+        check_time_bounds: bool,
+        payload_mode: str = "redacted",
     ) -> None:
         self.kind, self.limits, self.specs, self.check_time_bounds = (
             kind,
@@ -37,12 +68,16 @@ class _ValidateFn(beam.DoFn):
             dict(specs),
             check_time_bounds,
         )
+        self.payload_mode = payload_mode
 
     def setup(self) -> None:
         self.decoders = Decoders(self.limits)  # msgspec decoders are not picklable
         self.checkers = {name: QualityChecker(spec) for name, spec in self.specs.items()}
         # the PII key comes from the worker's environment, never from the pickled graph
-        self.redactors = redactors(self.specs, PiiKey.from_env())
+        key = PiiKey.from_env()
+        self.redactors = redactors(self.specs, key)
+        self.payload_redactor = PayloadRedactor(self.specs, key)
+        self._spelling = {name_key(n): n for n in self.specs}
         self.decode = self.decoders.prediction if self.kind == "prediction" else self.decoders.label
         self.time_field = "event_time" if self.kind == "prediction" else "label_time"
         self.received, self.valid = f"{self.kind}_received", f"{self.kind}_valid"
@@ -64,7 +99,20 @@ class _ValidateFn(beam.DoFn):
         try:
             ev, ts = self.decode(msg.data, now)
             if self.kind == "prediction":
-                checker = self.checkers.get(ev.model.name)
+                name = ev.model.name
+                if name not in self.specs and name_key(name) in self._spelling:
+                    counter(f"{self.kind}_invalid").inc()
+                    counter(f"{self.kind}_invalid_model_name_mismatch").inc()
+                    spec_name = self._spelling[name_key(name)]
+                    return None, self._dead(
+                        msg,
+                        "model_name_mismatch",
+                        "$.model.name",
+                        f"model.name {name!r} is the spec {spec_name!r} spelt differently (case or "
+                        f"surrounding space); send {spec_name!r}",
+                        ingest_time,
+                    )
+                checker = self.checkers.get(name)
                 issues = checker.check(ev.features) if checker is not None else []
                 for issue in issues:
                     counter("quality_" + issue.split(":", 1)[0]).inc()
@@ -93,8 +141,14 @@ class _ValidateFn(beam.DoFn):
             return None, self._dead(msg, exc.code, exc.path, exc.message, ingest_time)
         except Exception as exc:  # noqa: BLE001 -- a bug must not fail the bundle: dead-letter it, counted
             counter(f"{self.kind}_internal_error").inc()
-            _log.exception("internal error validating message %s", msg.message_id)
-            return None, self._dead(msg, "internal_error", "$", f"{type(exc).__name__}: {exc}", ingest_time)
+            # the exception's text may quote a feature value: log and store its type and frames only
+            frames = "".join(traceback.format_tb(exc.__traceback__))
+            _log.error(
+                "internal error (%s) validating message %s:\n%s", type(exc).__name__, msg.message_id, frames
+            )
+            return None, self._dead(
+                msg, "internal_error", "$", f"{type(exc).__name__} (details in the worker log)", ingest_time
+            )
         return row, None
 
     def _dead(self, msg: RawMessage, code: str, path: str, message: str, ingest_time: dt.datetime) -> dict:
@@ -108,7 +162,8 @@ class _ValidateFn(beam.DoFn):
             ingest_time=ingest_time,
             prefix_bytes=self.limits.dead_letter_prefix_bytes,
             max_bytes=self.limits.max_payload_bytes,
-            redactors=self.redactors,
+            redactor=self.payload_redactor,
+            payload_mode=self.payload_mode,
         )
 
 
@@ -155,14 +210,19 @@ class ValidateEvents(beam.PTransform):
         specs: Mapping[str, ModelSpec] | None = None,
         check_time_bounds: bool = True,
         batched: bool = False,
+        dead_letter_payload: str = "redacted",
     ) -> None:
         super().__init__()
         if kind not in ("prediction", "label"):
             raise ValueError(f"kind must be prediction or label, not {kind!r}")
+        if dead_letter_payload not in PAYLOAD_MODES:
+            raise ValueError(
+                f"dead_letter_payload must be one of {PAYLOAD_MODES}, not {dead_letter_payload!r}"
+            )
         specs = dict(specs or {})
         redactors(specs, PiiKey.from_env())  # fail at graph construction when a PII key is missing
         cls = _ValidateBatchFn if batched else _ValidateFn
-        self._fn = cls(kind, limits or Limits(), specs, check_time_bounds)
+        self._fn = cls(kind, limits or Limits(), specs, check_time_bounds, dead_letter_payload)
 
     def expand(self, messages: beam.PCollection) -> pvalue.DoOutputsTuple:
         return messages | beam.ParDo(self._fn).with_outputs(DEAD_LETTERS, main="rows")
