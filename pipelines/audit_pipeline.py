@@ -54,14 +54,16 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     specs = specs_from(opts)
     preds = _read(
         p, "Predictions", opts.predictions_subscription, opts
-    ) | "ValidatePredictions" >> ValidateEvents("prediction", specs=specs)
+    ) | "ValidatePredictions" >> ValidateEvents(
+        "prediction", specs=specs, dead_letter_payload=opts.dead_letter_payload
+    )
     # dedup by identity (model name, event_id); conflicting later copies become dead letters
     pred_dedup = preds.rows | "DedupPredictions" >> DedupByEventId(opts.dedup_horizon_s, "predictions")
     out = {"predictions": pred_dedup.rows}
     dead = [preds[DEAD_LETTERS], pred_dedup[DEAD_LETTERS]]
     if opts.labels_subscription:
         labels = _read(p, "Labels", opts.labels_subscription, opts) | "ValidateLabels" >> ValidateEvents(
-            "label"
+            "label", specs=specs, dead_letter_payload=opts.dead_letter_payload
         )
         label_dedup = labels.rows | "DedupLabels" >> DedupByEventId(
             opts.dedup_horizon_s, "labels", "payload_sha256"

@@ -35,6 +35,18 @@ _OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
         "streaming",
     ),
     (
+        "--dead_letter_payload",
+        {
+            "default": "redacted",
+            "choices": ["redacted", "hash", "full"],
+            "help": "what a decode dead letter keeps of the payload: redacted (default: the values "
+            "of every feature any spec marks as PII removed, parseable or not), hash (only sha256 + "
+            "size) or full (WARNING: the raw payload, PII INCLUDED, in dead_letters and the dead "
+            "letter topic)",
+        },
+        "both",
+    ),
+    (
         "--input",
         {"default": "", "help": "replay: JSONL file glob of PredictionEvents (local or gs://, .gz ok)"},
         "replay",

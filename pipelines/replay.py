@@ -238,7 +238,11 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     sinks = validate(opts, "replay")
     specs = specs_from(opts)
     preds = _read(p, "Predictions", opts.input) | "ValidatePredictions" >> ValidateEvents(
-        "prediction", specs=specs, check_time_bounds=False, batched=True
+        "prediction",
+        specs=specs,
+        check_time_bounds=False,
+        batched=True,
+        dead_letter_payload=opts.dead_letter_payload,
     )
     pred_dups = _keys_pass(p, "Predictions", opts.input, identity_of)
     out: dict[str, beam.PCollection] = {}
@@ -249,7 +253,11 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     dead = [preds[DEAD_LETTERS], pred_conflicts]
     if opts.labels_input:
         labels = _read(p, "Labels", opts.labels_input) | "ValidateLabels" >> ValidateEvents(
-            "label", check_time_bounds=False, batched=True
+            "label",
+            specs=specs,
+            check_time_bounds=False,
+            batched=True,
+            dead_letter_payload=opts.dead_letter_payload,
         )
         label_dups = _keys_pass(p, "Labels", opts.labels_input, payload_sha256_of)
         out["labels"], out["labels/duplicates"], label_conflicts = (
