@@ -241,7 +241,7 @@ def where_the_data_is(
         f"  BigQuery (bqemulator): ran at {bq_endpoint}, dataset {project}.{dataset}; the demo stopped it,\n"
         f"    its data is kept in {bq_dir}; to query it again:\n"
         f"    {exe} start --persistent --data-dir {shlex.quote(str(bq_dir))} --project {project} --rest-port 9050\n"
-        "try (the chDB directory is locked while the demo runs; it has exited now):\n"
+        "try it once the demo has exited (until then this process holds the chDB directory's lock):\n"
         f"  {chdb_query_command(chdb_dir, TRY_SQL)}\n"
     )
 
