@@ -18,6 +18,7 @@ from pipelines.common import monitors, patch_direct_runner_pubsub, publish_anoma
 from pipelines.options import AuditOptions, OptionsError, validate
 from transforms.deadletters import RawMessage
 from transforms.dedup import DedupByEventId
+from transforms.integrity import ExportIntegrity, IntegrityRecords
 from transforms.monitors.drift import anomaly_row
 from transforms.sinks.write import WriteAudit
 from transforms.validate import DEAD_LETTERS, ValidateEvents
@@ -71,6 +72,12 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         out["labels"] = label_dedup.rows
         dead += [labels[DEAD_LETTERS], label_dedup[DEAD_LETTERS]]
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
+    # tamper evidence: hourly event-time integrity records, re-emitted per pane (accumulating)
+    out["integrity"] = out["predictions"] | "Integrity" >> IntegrityRecords(
+        f"streaming:{opts.predictions_subscription}", bounded=False
+    )
+    if opts.integrity_export:
+        _ = out["integrity"] | "ExportIntegrity" >> beam.ParDo(ExportIntegrity(opts.integrity_export))
     mon = monitors(out["predictions"], opts, specs, bounded=False, labels=out.get("labels"))
     if mon:
         out["drift_metrics"] = mon["drift_metrics"]

@@ -1,4 +1,4 @@
-"""The ``predaudit`` command: validate, simulate, schema, replay, run, provision, demo, sidecar.
+"""The ``predaudit`` command: validate, simulate, schema, replay, verify, run, provision, demo, sidecar.
 
 Exit codes: 0 success (all valid / all accounted), 1 invalid input found or something could not
 be written, 2 usage or configuration error (one line, no traceback). Option names are never
@@ -213,6 +213,12 @@ def cmd_replay(args: argparse.Namespace, out: IO[str]) -> int:
     return run(args.beam_args, out)
 
 
+def cmd_verify(args: argparse.Namespace, out: IO[str]) -> int:
+    from pipelines.verify import run
+
+    return run(args.beam_args, out)
+
+
 def cmd_provision(args: argparse.Namespace, out: IO[str]) -> int:
     """Pub/Sub topics + subscriptions (dead-letter policy), BigQuery and ClickHouse tables and
     views; idempotent; ``--dry-run`` prints the plan and touches nothing."""
@@ -364,6 +370,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.set_defaults(func=cmd_replay)
 
+    vf = sub.add_parser(
+        "verify",
+        help="recompute row hashes and Merkle roots and compare with the integrity records "
+        "(predaudit verify --help)",
+        add_help=False,
+    )
+    vf.set_defaults(func=cmd_verify)
+
     pv = sub.add_parser(
         "provision",
         help="create Pub/Sub topics/subscriptions and the BigQuery/ClickHouse tables and views (idempotent)",
@@ -421,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--labels-topic", default="labels")
     sd.add_argument("--spool-dir", default="./predaudit-spool")
     sd.add_argument(
-        "--spool-max-bytes", type=int, default=1 << 30, help="503 above this many unpublished bytes"
+        "--spool-max-bytes",
+        type=int,
+        default=1 << 30,
+        help="503 above this many bytes of spool files on disk; give the volume 1 MiB more",
     )
     sd.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
     sd.add_argument("--auth-token-file", help="require Authorization: Bearer <token> on /v1/*")
@@ -434,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument(
         "--publish-timeout-s", type=float, default=60.0, help="per publish, then backoff and retry"
     )
+    sd.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=5.0,
+        help="on SIGTERM: publish for at most this long, then exit (the rest stays in the spool)",
+    )
+    sd.add_argument(
+        "--idle-timeout-s", type=float, default=15.0, help="close a connection idle (or trickling) this long"
+    )
+    sd.add_argument("--body-timeout-s", type=float, default=10.0, help="408 when a body takes longer")
     sd.set_defaults(func=cmd_sidecar)
 
     rn = sub.add_parser("run", help="the streaming pipeline (predaudit run --help)", add_help=False)
@@ -445,9 +472,10 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     out = out or sys.stdout
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    if argv and argv[0] in ("replay", "run"):
+    own_parser = {"replay": cmd_replay, "run": cmd_run, "verify": cmd_verify}
+    if argv and argv[0] in own_parser:
         # their options (and --help) are parsed strictly by the command itself
-        args = argparse.Namespace(command=argv[0], func=cmd_replay if argv[0] == "replay" else cmd_run)
+        args = argparse.Namespace(command=argv[0], func=own_parser[argv[0]])
         args.beam_args = argv[1:]
     else:
         try:

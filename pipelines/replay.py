@@ -30,6 +30,7 @@ from schemas.specs import PiiKey, SpecError, redactors
 from transforms.deadletters import RawMessage
 from transforms.dedup import DropLaterCopies, DuplicateKeys
 from transforms.identity import identity
+from transforms.integrity import ExportIntegrity, IntegrityRecords
 from transforms.metrics import counter
 from transforms.monitors.drift import anomaly_row
 from transforms.sinks.errors import find_sink_failure, parse_marked
@@ -266,6 +267,12 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         )
         dead += [labels[DEAD_LETTERS], label_conflicts]
     out["dead_letters"] = dead | "DecodeDeadLetters" >> beam.Flatten()
+    # tamper evidence: one integrity record per (model, version, hour) over the audit rows
+    out["integrity"] = (out["predictions"], out["predictions/duplicates"]) | "Integrity" >> IntegrityRecords(
+        f"replay:{opts.input}", bounded=True
+    )
+    if opts.integrity_export:
+        _ = out["integrity"] | "ExportIntegrity" >> beam.ParDo(ExportIntegrity(opts.integrity_export))
     # per row at event time, for the event-time windows (only when a model has a reference)
     # row batches go to the monitors as they are: each batch is binned per event-time window
     mon = monitors(

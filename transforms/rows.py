@@ -9,6 +9,7 @@ as RFC 3339.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 from typing import Any
 
@@ -105,6 +106,77 @@ def content_sha256(row: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_content(row)).hexdigest()
 
 
+#: Column kinds as ``schemas/tables.py`` declares them (kept here: rows.py does not import the
+#: table module's BigQuery/ClickHouse helpers); only the kinds that change a value's encoding.
+_TIMESTAMP, _FLOAT, _JSON = "timestamp", "float", "json"
+
+
+def _hashed_value(kind: str, value: Any) -> Any:
+    """One stored value as the row hash encodes it, whichever engine returned it.
+
+    Timestamps -> epoch microseconds (int; an aware or naive-UTC datetime is converted);
+    FLOAT columns -> float (``12`` and ``12.0`` are one stored value); JSON columns -> the
+    parsed value (text is parsed, an already-parsed object is kept); null stays null.
+
+    >>> _hashed_value("timestamp", dt.datetime(2026, 3, 1, 12, tzinfo=dt.timezone.utc))
+    1772366400000000
+    >>> _hashed_value("timestamp", dt.datetime(2026, 3, 1, 12)), _hashed_value("float", 12)
+    (1772366400000000, 12.0)
+    >>> _hashed_value("json", '{"b": 1, "a": [2.5]}'), _hashed_value("json", None)
+    ({'b': 1, 'a': [2.5]}, None)
+    """
+    if value is None:
+        return None
+    if kind == _TIMESTAMP:
+        if isinstance(value, dt.datetime):
+            return to_micros(value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
+        return int(value)
+    if kind == _FLOAT:
+        return float(value)
+    if kind == _JSON:
+        return orjson.loads(value) if isinstance(value, str | bytes) else value
+    return value
+
+
+@functools.cache
+def row_hash_columns(table: str = "predictions") -> tuple[tuple[str, str], ...]:
+    """(column, kind) pairs ``row_sha256`` covers: the table's columns except ``INGEST_FIELDS``
+    (delivery metadata and the hash itself), in schema order.
+
+    >>> [c for c, _ in row_hash_columns()][:4]
+    ['event_id', 'event_time', 'model_name', 'model_version']
+    >>> "ingest_time" in dict(row_hash_columns()) or "row_sha256" in dict(row_hash_columns())
+    False
+    """
+    from schemas.tables import TABLES
+
+    return tuple((c.name, c.kind) for c in TABLES[table].columns if c.name not in INGEST_FIELDS)
+
+
+def row_sha256(row: dict[str, Any], table: str = "predictions") -> str:
+    """sha256 (hex) of a row's canonical content, recomputable from the stored row.
+
+    The document is ``{column: value}`` over ``row_hash_columns(table)`` (a missing column is
+    null), values normalised by ``_hashed_value``, encoded by ``canonical_content``: orjson,
+    keys sorted, no spaces, UTF-8. So the hash of the row the pipeline wrote equals the hash
+    of the row read back from ClickHouse or BigQuery (timestamps as datetimes or micros, JSON
+    columns as text or parsed). Delivery fields (ingest time, message id, payload hash, ...)
+    are not covered: a replay of the same event has the same row hash.
+
+    >>> from schemas import Decoders, REFERENCE_EVENT
+    >>> ev, ts = Decoders().prediction(REFERENCE_EVENT)
+    >>> row = prediction_row(ev, ts, REFERENCE_EVENT, ingest_time=ts)
+    >>> stored = {**row, "event_time": from_micros(row["event_time"]), "ingest_time": 0,
+    ...           "features": orjson.dumps(orjson.loads(row["features"]), option=orjson.OPT_INDENT_2)}
+    >>> row_sha256(stored) == row["row_sha256"] == row_sha256(row)
+    True
+    >>> row_sha256({**row, "prediction_score": 0.5}) == row["row_sha256"]
+    False
+    """
+    doc = {name: _hashed_value(kind, row.get(name)) for name, kind in row_hash_columns(table)}
+    return hashlib.sha256(canonical_content(doc)).hexdigest()
+
+
 def prediction_row(
     ev: Any,
     event_time: dt.datetime,
@@ -128,7 +200,7 @@ def prediction_row(
     features = ev.features if redactor is None else redactor.apply(ev.features)
     pred = ev.prediction
     label = pred.label
-    return {
+    row: dict[str, Any] = {
         "event_id": ev.event_id,
         "event_time": to_micros(event_time),
         "model_name": ev.model.name,
@@ -151,6 +223,8 @@ def prediction_row(
         "payload_sha256": hashlib.sha256(raw).hexdigest(),
         "pipeline_version": pipeline_version,
     }
+    row["row_sha256"] = row_sha256(row)
+    return row
 
 
 def label_row(
