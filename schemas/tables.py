@@ -113,6 +113,12 @@ PREDICTIONS = Table(
         _c("extensions", "json", description="Fields from a newer minor schema version."),
         _c("quality_issues", "strings", description="Spec checks that failed, as code:feature."),
         *_AUDIT_TAIL,
+        _c(
+            "row_sha256",
+            "string",
+            True,
+            "sha256 of the row's canonical content (transforms.rows.row_sha256; README: Audit integrity).",
+        ),
     ),
     time_column="event_time",
     key="event_id",
@@ -229,7 +235,32 @@ DRIFT_METRICS = Table(
     order_by=("model_name", "model_version", "signal", "window_start", "metric_id"),
 )
 
-TABLES: dict[str, Table] = {t.name: t for t in (PREDICTIONS, LABELS, DEAD_LETTERS, ANOMALIES, DRIFT_METRICS)}
+INTEGRITY = Table(
+    "integrity",
+    "Tamper evidence: per (model, version, hour of event time) the count and Merkle root of the "
+    "audit rows' row_sha256 (transforms.integrity; checked by predaudit verify).",
+    (
+        _c("integrity_id", "string", True, "sha256 of writer, model, version, hour, sequence and root."),
+        _c("model_name", "lowcard", True),
+        _c("model_version", "lowcard", True),
+        _c("hour_start", "timestamp", True, "Start of the event-time hour the record covers."),
+        _c("row_count", "int", True, "Audit rows (first copies) in the hour."),
+        _c("merkle_root", "string", True, "RFC 6962 Merkle tree hash over row_sha256, identity order."),
+        _c("leaves", "json", description="[[event_id, row_sha256], ...] in identity order (null if large)."),
+        _c("sequence", "int", True, "Pane index: the highest per (writer, model, version, hour) is the latest."),
+        _c("final", "bool", True, "The last pane of the hour (its window closed)."),
+        _c("writer", "string", True, "replay:<input glob> or streaming:<subscription>."),
+        _c("scheme", "lowcard", True, "Hash scheme version (row-sha256-v1/rfc6962-sha256)."),
+    ),
+    time_column="hour_start",
+    key="integrity_id",
+    cluster_by=("model_name", "model_version"),
+    order_by=("model_name", "model_version", "hour_start", "integrity_id"),
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (PREDICTIONS, LABELS, DEAD_LETTERS, ANOMALIES, DRIFT_METRICS, INTEGRITY)
+}
 
 
 def bigquery_schema(table: Table) -> list[dict[str, str]]:
