@@ -18,7 +18,10 @@ def sink_fns(opts, sinks: list[str], mode: Mode) -> list[SinkFn]:
     )
     fns: list[SinkFn] = []
     if "bigquery" in sinks:
-        fns.append(BigQuerySinkFn(opts.bq_project, opts.bq_dataset, opts.bq_endpoint, policy, mode))
+        write_endpoint = getattr(opts, "bq_write_endpoint", "") or ""
+        fns.append(
+            BigQuerySinkFn(opts.bq_project, opts.bq_dataset, opts.bq_endpoint, policy, mode, write_endpoint)
+        )
     if "clickhouse" in sinks:
         fns.append(ClickHouseSinkFn(opts.clickhouse_dsn, opts.clickhouse_database, policy, mode))
     return fns

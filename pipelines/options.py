@@ -61,11 +61,39 @@ _OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
     ("--bq_dataset", {"default": "audit", "help": "BigQuery dataset"}, "both"),
     ("--bq_endpoint", {"default": "", "help": "BigQuery API endpoint (emulator); empty = Google"}, "both"),
     (
+        "--bq_write_endpoint",
+        {
+            "default": "",
+            "help": "BigQuery Storage Write API gRPC host:port (the emulator's --grpc-port); empty = "
+            "Google, or with --bq_endpoint alone the legacy insertAll path",
+        },
+        "both",
+    ),
+    (
         "--clickhouse_dsn",
         {"default": "chdb:///tmp/predaudit-chdb", "help": "http(s)://user:pw@host:port or chdb:///path"},
         "both",
     ),
     ("--clickhouse_database", {"default": "audit", "help": "ClickHouse database"}, "both"),
+    (
+        "--clickhouse_password_secret",
+        {
+            "default": "",
+            "help": "the ClickHouse password, read on the workers: "
+            "projects/P/secrets/S/versions/V (Secret Manager) or a file path; overrides the "
+            "password in --clickhouse_dsn",
+        },
+        "both",
+    ),
+    (
+        "--pii_key_secret",
+        {
+            "default": "",
+            "help": "the PII hashing key, read on the workers: projects/P/secrets/S/versions/V "
+            "(Secret Manager) or a file path; empty = the PREDAUDIT_PII_KEY environment variable",
+        },
+        "both",
+    ),
     ("--model_specs", {"default": "", "help": "model spec YAML file or folder"}, "both"),
     (
         "--dedup_horizon_s",
