@@ -65,7 +65,12 @@ def replayed(tmp_path, chdb_path, chdb_client, ch_database) -> list[str]:
         f"--clickhouse_database={ch_database}",
         f"--integrity_export={export}",
     )
-    return ["--sink", "clickhouse", f"--clickhouse_dsn=chdb://{chdb_path}", f"--clickhouse_database={ch_database}"]
+    return [
+        "--sink",
+        "clickhouse",
+        f"--clickhouse_dsn=chdb://{chdb_path}",
+        f"--clickhouse_database={ch_database}",
+    ]
 
 
 def ch(client, sql: str) -> None:
@@ -153,14 +158,19 @@ def test_forged_rows_are_reported_as_added(replayed, chdb_client, ch_database) -
     chdb_client.insert(f"`{ch_database}`.predictions", forged, column_names=cols)
     code, out = run_verify(*replayed)
     assert code == 1
-    assert f"added    ({MODEL}, evt-99999999) version {VERSION} hour 2026-03-01T12:00Z: not covered" in out, out
+    assert f"added    ({MODEL}, evt-99999999) version {VERSION} hour 2026-03-01T12:00Z: not covered" in out, (
+        out
+    )
     assert f"altered  ({MODEL}, evt-00000002)" in out, out  # the forged copy is now the first copy
     assert f"added    ({MODEL}, evt-00000004) version {VERSION} hour 2026-03-01T12:00Z: a later copy" in out
     assert out.splitlines()[-1] == "3 difference(s): added 2, altered 1", out
 
 
 def test_edited_integrity_record_is_reported(replayed, chdb_client, ch_database) -> None:
-    ch(chdb_client, f"ALTER TABLE `{ch_database}`.integrity UPDATE row_count = 5 WHERE toHour(hour_start) = 12")
+    ch(
+        chdb_client,
+        f"ALTER TABLE `{ch_database}`.integrity UPDATE row_count = 5 WHERE toHour(hour_start) = 12",
+    )
     code, out = run_verify(*replayed)
     assert code == 1
     assert "record   model fraud" in out and "leaf list has 6 rows, row_count says 5" in out, out
@@ -228,7 +238,12 @@ def test_usage_errors_are_one_line_exit_2(args, fragment, capsys) -> None:
 
 
 def test_unreadable_table_is_one_line_exit_2(chdb_path, ch_database, capsys) -> None:
-    args = ["--sink", "clickhouse", f"--clickhouse_dsn=chdb://{chdb_path}", f"--clickhouse_database={ch_database}"]
+    args = [
+        "--sink",
+        "clickhouse",
+        f"--clickhouse_dsn=chdb://{chdb_path}",
+        f"--clickhouse_database={ch_database}",
+    ]
     assert verify.run([*args, *RANGE], io.StringIO()) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read the audit tables" in err, err
