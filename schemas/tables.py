@@ -8,9 +8,12 @@ replace the first) ordered by (model, version, time, key) with
 ingest time of each identity (predictions: (model_name, event_id); labels: the payload, so a
 later correction is kept) in both engines, for analysts.
 
-JSON-valued columns (features, scores, metadata, ...) are STRING holding JSON in both
-engines (portable, and what the BigQuery emulator supports); query them with
-``JSON_VALUE`` (BigQuery) or ``JSONExtract*`` (ClickHouse).
+JSON-valued columns are String holding JSON in ClickHouse (``JSONExtract*``). In BigQuery
+``features``, ``prediction_scores`` and ``metadata`` of ``predictions`` are JSON columns
+(``BQ_JSON_COLUMNS``: analysts write ``features.amount``, ``LAX_FLOAT64(features.amount)``;
+bqemulator supports them, tests/integration/test_bq_write_api.py); the other JSON-valued
+columns stay STRING holding JSON (``JSON_VALUE``). A table created before keeps its STRING
+columns (BigQuery cannot change STRING to JSON in place): both are written the same way.
 """
 
 from __future__ import annotations
@@ -270,9 +273,24 @@ def bigquery_schema(table: Table) -> list[dict[str, str]]:
     {'name': 'event_id', 'type': 'STRING', 'mode': 'REQUIRED', 'description': 'Idempotency key from the producer.'}
     """
     return [
-        {"name": c.name, "type": _BQ_TYPES[c.kind], "mode": c.mode, "description": c.description}
+        {"name": c.name, "type": bigquery_type(table, c), "mode": c.mode, "description": c.description}
         for c in table.columns
     ]
+
+
+#: (table, column) stored as BigQuery JSON (the others of kind "json" are STRING holding JSON)
+BQ_JSON_COLUMNS = frozenset(
+    {("predictions", "features"), ("predictions", "prediction_scores"), ("predictions", "metadata")}
+)
+
+
+def bigquery_type(table: Table, c: Column) -> str:
+    """A column's BigQuery type.
+
+    >>> [bigquery_type(PREDICTIONS, PREDICTIONS.column(n)) for n in ("features", "extensions")]
+    ['JSON', 'STRING']
+    """
+    return "JSON" if (table.name, c.name) in BQ_JSON_COLUMNS else _BQ_TYPES[c.kind]
 
 
 def bigquery_table_resource(table: Table, project: str, dataset: str) -> dict[str, Any]:

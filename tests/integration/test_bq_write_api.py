@@ -219,3 +219,26 @@ def test_every_audit_table_encodes_and_lands(bq_client, tables, write_endpoint) 
     got = rows_in(bq_client, tables, "dead_letters")
     assert [r["dead_letter_id"] for r in got] == [dl["dead_letter_id"]]
     assert uuid.UUID  # keep the import honest for dataset names
+
+
+def test_features_scores_and_metadata_are_json_columns_analysts_can_path_into(
+    bq_client, tables, write_endpoint
+) -> None:
+    ref = f"{BQ_PROJECT}.{tables}.predictions"
+    types = {f.name: f.field_type for f in bq_client.get_table(ref).schema}
+    assert (types["features"], types["prediction_scores"], types["metadata"]) == ("JSON", "JSON", "JSON")
+    assert types["extensions"] == "STRING"
+    row = pred_row(
+        1,
+        features='{"amount": 12.5, "country": "DE"}',
+        prediction_scores='{"fraud": 0.9}',
+        metadata='{"region": "eu"}',
+    )
+    assert drive(sink(tables, write_endpoint, bq_client), [row]) == []
+    q = (
+        "SELECT LAX_FLOAT64(features.amount) AS amount, JSON_VALUE(features, '$.country') AS country, "
+        f"LAX_FLOAT64(prediction_scores.fraud) AS p, JSON_VALUE(metadata.region) AS region FROM `{ref}`"
+    )
+    assert [dict(r.items()) for r in bq_client.query(q).result()] == [
+        {"amount": 12.5, "country": "DE", "p": 0.9, "region": "eu"}
+    ]
