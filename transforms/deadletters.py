@@ -205,6 +205,8 @@ def _value_text(value: bytes) -> str:
     try:
         v = orjson.loads(value)
     except orjson.JSONDecodeError:
+        if value[:1] in (b'"', b"'"):  # a string cut short, or with bytes that are not UTF-8
+            value = value[1:-1] if len(value) > 1 and value[-1:] == value[:1] else value[1:]
         return value.decode("utf-8", "replace")
     return v if isinstance(v, str) else value.decode()
 
@@ -224,7 +226,8 @@ def stored_payload(
     data: bytes, mode: str, redactor: PayloadRedactor | None, prefix_bytes: int, max_bytes: int
 ) -> tuple[bytes | None, list[str]]:
     """What a decode-stage dead letter stores of ``data`` (None: nothing), and the PII values
-    removed. Above ``max_bytes`` only the first ``prefix_bytes`` are kept (redacted by scan).
+    found in it (in every mode: messages are scrubbed of them). Above ``max_bytes`` only the
+    first ``prefix_bytes`` are kept (redacted by the byte scan).
 
     >>> stored_payload(b'{"x": 1}', "hash", None, 10, 100)
     (None, [])
@@ -233,13 +236,12 @@ def stored_payload(
     """
     if mode not in PAYLOAD_MODES:
         raise ValueError(f"dead letter payload mode must be one of {PAYLOAD_MODES}, not {mode!r}")
-    if mode == "hash":
-        return None, []
     truncated = len(data) > max_bytes
     kept = data[:prefix_bytes] if truncated else data
-    if mode == "full" or not redactor:
-        return kept, []
-    return redactor.redact(kept, parse=not truncated)
+    redacted, found = redactor.redact(kept, parse=not truncated) if redactor else (kept, [])
+    if mode == "hash":
+        return None, found
+    return (kept if mode == "full" else redacted), found
 
 
 def dead_letter(
