@@ -139,6 +139,40 @@ def corpus(when: str) -> list[Case]:
     return cases
 
 
+KSERVE_MAPPING = """
+services:
+  - inferenceservice: fraud-detector
+    namespace: prod
+    model: fraud
+    version: "2026-02-15"
+    features: [email, phone_number, amount]
+    output: {field: score}
+"""
+
+
+def kserve_post(port: int, ce_type: str, ce_id: str, body: dict) -> requests.Response:
+    from cloudevents.conversion import to_binary
+    from cloudevents.http import CloudEvent
+
+    attrs = {
+        "type": f"org.kubeflow.serving.inference.{ce_type}",
+        "source": "http://localhost:9081/",
+        "id": ce_id,
+        "inferenceservicename": "fraud-detector",
+        "namespace": "prod",
+        "component": "predictor",
+        "endpoint": "default",
+        "time": dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z"),
+    }
+    headers, data = to_binary(CloudEvent(attrs, body))
+    return requests.post(
+        f"http://127.0.0.1:{port}/",
+        data=data,
+        headers={**headers, "Content-Type": "application/json"},
+        timeout=30,
+    )
+
+
 def leaks(text: str | bytes | None) -> bool:
     if text is None:
         return False
@@ -317,6 +351,8 @@ def test_streaming_and_sidecar_nothing_leaks(
     now = dt.datetime.now(dt.timezone.utc).isoformat().replace("+00:00", "Z")
     cases = corpus(now)
 
+    mapping = tmp_path / "kserve.yaml"
+    mapping.write_text(KSERVE_MAPPING)
     # the sidecar: every case posted alone; what it accepts it publishes to the predictions topic
     sc = Sidecar(
         SidecarConfig(
@@ -325,6 +361,7 @@ def test_streaming_and_sidecar_nothing_leaks(
             predictions_topic=names.predictions_topic,
             labels_topic=names.labels_topic,
             spool_dir=str(tmp_path / "spool"),
+            kserve_mapping=str(mapping),
         )
     ).start()
     responses: list[str] = []
@@ -341,6 +378,34 @@ def test_streaming_and_sidecar_nothing_leaks(
             assert r.status_code in (202, 400, 413), responses[-1]
             if r.status_code == 202:
                 via_sidecar.add(c.name)
+        # KServe CloudEvents: two mapped pairs (audited) and three that cannot be mapped
+        ks = [
+            ("ks-1", {"instances": [[MARK, MARK + "-drop", 10.0]]}, {"predictions": [0.9]}, 202),
+            (
+                "ks-2",
+                {"instances": [{"email": MARK, "phone_number": MARK, "amount": 3.0}]},
+                {"predictions": [0.2]},
+                202,
+            ),
+            ("ks-3", {"instances": [[MARK, MARK]]}, {"predictions": [0.1]}, 400),  # shape mismatch
+            ("ks-4", {"instances": [[MARK, MARK, "x"]]}, {"predictions": ["NaN-ish", 1]}, 400),
+        ]
+        for ce_id, req, resp, status in ks:
+            r1 = kserve_post(sc.port, "request", ce_id, req)
+            r2 = kserve_post(sc.port, "response", ce_id, resp)
+            responses += [
+                f"{ce_id} request: {r1.status_code} {r1.text}",
+                f"{ce_id} response: {r2.status_code} {r2.text}",
+            ]
+            assert status in (r1.status_code, r2.status_code), responses[-2:]
+        r = requests.post(
+            f"http://127.0.0.1:{sc.port}/",
+            data=orjson.dumps({"email": MARK}),
+            headers={"Content-Type": "application/json"},
+            timeout=30,
+        )
+        responses.append(f"bad cloudevent: {r.status_code} {r.text}")
+        assert r.status_code == 400 and r.json()["rejected"][0]["code"] == "kserve_bad_cloudevent"
         metrics = requests.get(f"http://127.0.0.1:{sc.port}/metrics", timeout=30).text
     finally:
         sc.stop(10)
@@ -363,7 +428,7 @@ def test_streaming_and_sidecar_nothing_leaks(
     p = beam.Pipeline(options=opts)
     build(p, opts)
     result = p.run()
-    want = len(cases) - sum(c.expect == "dup" for c in cases)
+    want = len(cases) - sum(c.expect == "dup" for c in cases) + 2  # + the two KServe pairs
 
     def total() -> tuple[bool, str]:
         n = int(
@@ -399,4 +464,8 @@ def test_streaming_and_sidecar_nothing_leaks(
         if leaks(m) or leaks(base64.b64decode(orjson.loads(m).get("payload_base64") or b""))
     ] == []
     assert [r[:300] for r in responses if leaks(r)] == [] and not leaks(metrics)
+    kserve_rows = ch.query(
+        f"SELECT features FROM `{db}`.predictions WHERE JSONExtractString(metadata, 'ce_id') IN ('ks-1', 'ks-2')"
+    ).result_rows
+    assert len(kserve_rows) == 2 and all('"email":"hmac-sha256:' in f for (f,) in kserve_rows), kserve_rows
     assert log_leaks(logs, captured.out, captured.err) == []
