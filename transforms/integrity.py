@@ -221,7 +221,7 @@ def export_name(prefix: str, record: dict[str, Any]) -> str:
     """Where ``ExportIntegrity`` puts a record: one JSON-lines object per record, its name
     fixed by the record (a retried write finds it there and leaves it).
 
-    >>> export_name("gs://b/audit/", {"hour_start": 1772366400000000, "integrity_id": "ab" * 32})[:60]
+    >>> export_name("gs://b/audit/", {"hour_start": 1772366400000000, "integrity_id": "ab" * 32})[:59]
     'gs://b/audit/integrity-20260301T12-abababababababababababab'
     """
     hour = from_micros(int(record["hour_start"])).strftime("%Y%m%dT%H")

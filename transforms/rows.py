@@ -109,6 +109,8 @@ def content_sha256(row: dict[str, Any]) -> str:
 #: Column kinds as ``schemas/tables.py`` declares them (kept here: rows.py does not import the
 #: table module's BigQuery/ClickHouse helpers); only the kinds that change a value's encoding.
 _TIMESTAMP, _FLOAT, _JSON = "timestamp", "float", "json"
+_NORMALISED = frozenset({_TIMESTAMP, _FLOAT, _JSON})
+_TEXT = (str, bytes)
 
 
 def _hashed_value(kind: str, value: Any) -> Any:
@@ -128,13 +130,15 @@ def _hashed_value(kind: str, value: Any) -> Any:
     if value is None:
         return None
     if kind == _TIMESTAMP:
+        if type(value) is int:
+            return value
         if isinstance(value, dt.datetime):
             return to_micros(value if value.tzinfo else value.replace(tzinfo=dt.timezone.utc))
         return int(value)
     if kind == _FLOAT:
-        return float(value)
+        return value if type(value) is float else float(value)
     if kind == _JSON:
-        return orjson.loads(value) if isinstance(value, str | bytes) else value
+        return orjson.loads(value) if isinstance(value, _TEXT) else value
     return value
 
 
@@ -153,7 +157,7 @@ def row_hash_columns(table: str = "predictions") -> tuple[tuple[str, str], ...]:
     return tuple((c.name, c.kind) for c in TABLES[table].columns if c.name not in INGEST_FIELDS)
 
 
-def row_sha256(row: dict[str, Any], table: str = "predictions") -> str:
+def row_sha256(row: dict[str, Any], table: str = "predictions", parsed: dict[str, Any] | None = None) -> str:
     """sha256 (hex) of a row's canonical content, recomputable from the stored row.
 
     The document is ``{column: value}`` over ``row_hash_columns(table)`` (a missing column is
@@ -161,7 +165,9 @@ def row_sha256(row: dict[str, Any], table: str = "predictions") -> str:
     keys sorted, no spaces, UTF-8. So the hash of the row the pipeline wrote equals the hash
     of the row read back from ClickHouse or BigQuery (timestamps as datetimes or micros, JSON
     columns as text or parsed). Delivery fields (ingest time, message id, payload hash, ...)
-    are not covered: a replay of the same event has the same row hash.
+    are not covered: a replay of the same event has the same row hash. ``parsed``: JSON
+    columns' values the caller already holds as objects (the writer), used instead of
+    parsing the row's text (the same value: the text is their orjson encoding).
 
     >>> from schemas import Decoders, REFERENCE_EVENT
     >>> ev, ts = Decoders().prediction(REFERENCE_EVENT)
@@ -173,7 +179,15 @@ def row_sha256(row: dict[str, Any], table: str = "predictions") -> str:
     >>> row_sha256({**row, "prediction_score": 0.5}) == row["row_sha256"]
     False
     """
-    doc = {name: _hashed_value(kind, row.get(name)) for name, kind in row_hash_columns(table)}
+    doc = {}
+    for name, kind in row_hash_columns(table):
+        if parsed is not None and name in parsed:  # the writer's own JSON values: no re-parse
+            doc[name] = parsed[name]
+            continue
+        value = row.get(name)
+        if value is not None and kind in _NORMALISED:
+            value = _hashed_value(kind, value)
+        doc[name] = value
     return hashlib.sha256(canonical_content(doc)).hexdigest()
 
 
@@ -223,7 +237,10 @@ def prediction_row(
         "payload_sha256": hashlib.sha256(raw).hexdigest(),
         "pipeline_version": pipeline_version,
     }
-    row["row_sha256"] = row_sha256(row)
+    json_values = {"features": features, "prediction_scores": pred.scores, "metadata": ev.metadata}
+    if row["extensions"] is None:
+        json_values["extensions"] = None
+    row["row_sha256"] = row_sha256(row, parsed=json_values)
     return row
 
 
