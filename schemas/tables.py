@@ -336,6 +336,7 @@ def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> 
         ch = clickhouse_column_type(c)
         comment = f" COMMENT '{_sql_str(c.description)}'" if c.description else ""
         cols.append(f"    `{c.name}` {ch}{comment}")
+    cols += [f"    INDEX {name} {expr}" for name, expr in CLICKHOUSE_SKIP_INDEXES.get(table.name, ())]
     ttl = f"\nTTL toDateTime({table.time_column}) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
     return (
         f"CREATE TABLE IF NOT EXISTS `{database}`.`{table.name}`\n(\n"
@@ -347,18 +348,131 @@ def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> 
     )
 
 
-def clickhouse_dedup_view_ddl(table: Table, database: str = "audit", replace: bool = False) -> str:
-    """The first copy by ingest time per identity; no FINAL (plain MergeTree keeps every copy).
+# Bloom-filter skip indexes for the analysts' point lookups (event_id is 4th in the sort key,
+# request_id not in it): without them a lookup reads every granule (tests/bench/views_bench.py).
+CLICKHOUSE_SKIP_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {
+    "predictions": (
+        ("idx_event_id", "event_id TYPE bloom_filter(0.001) GRANULARITY 1"),
+        ("idx_request_id", "request_id TYPE bloom_filter(0.001) GRANULARITY 1"),
+    ),
+}
 
-    >>> clickhouse_dedup_view_ddl(PREDICTIONS).endswith("LIMIT 1 BY model_name, event_id")
+_FIRST_BY = ("ingest_time", "payload_sha256")  # "first copy" order in both engines
+
+
+def _copies_columns(table: Table) -> list[str]:
+    return list(dict.fromkeys((*table.identity, table.time_column, *_FIRST_BY)))
+
+
+def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> list[str]:
+    """Side tables that let ``<t>_dedup`` drop later copies without sorting the table.
+
+    All are filled at insert time by materialized views; duplicates are rare, so all but
+    ``<t>_copies`` stay tiny.
+
+    - ``<t>_copies``: (identity, time, ingest_time, payload_sha256) of every row.
+    - ``<t>_repeats``: every copy of an identity written more than once, emitted when a copy
+      arrives: the inserted block's identities are looked up in the whole of ``<t>_copies`` by
+      its sort key (``merge()`` reads the table itself: inside a materialized view the source
+      table's name means the inserted block, which is already committed).
+    - ``<t>_later`` (Set): (identity, ingest_time, payload_sha256) of every copy that is not
+      the first by (ingest_time, payload_sha256). A copy, once later, stays later.
+    - ``<t>_tied``: identities with two copies equal in (ingest_time, payload_sha256), which
+      only ``LIMIT 1 BY`` can tell apart (a table, not a Set: an IN subquery on it lets
+      primary-key analysis skip every granule when it is empty).
+
+    >>> [q.split("`")[3] for q in clickhouse_copies_ddl(PREDICTIONS)][:4]
+    ['predictions_copies', 'predictions_repeats', 'predictions_later', 'predictions_tied']
+    """
+    db, t = f"`{database}`", table.name
+    cols = _copies_columns(table)
+
+    def defs(names: list[str], types: list[str]) -> str:
+        return ",\n".join(f"    `{n}` {ty}" for n, ty in zip(names, types, strict=True))
+
+    types = {c: clickhouse_column_type(table.column(c)) for c in cols}
+    ttl = f"\nTTL toDateTime({table.time_column}) + INTERVAL {int(ttl_days)} DAY" if ttl_days > 0 else ""
+    key = ", ".join(table.identity)
+    sel = ", ".join(cols)
+    side = (
+        f"(\n{defs(cols, [types[c] for c in cols])}\n)\nENGINE = MergeTree\nORDER BY ({key}){ttl}\n"
+        "SETTINGS non_replicated_deduplication_window = 1000"
+    )
+    later_cols = [*table.identity, *(f"copy_{c}" for c in _FIRST_BY)]
+    later_types = [types[c] for c in (*table.identity, *_FIRST_BY)]
+    whole = f"merge('{_sql_str(database)}', '^{_re_literal(t)}_copies$')"
+    on = " AND ".join(f"a.{c} = k.{c}" for c in table.identity)
+    first = ", ".join(_FIRST_BY)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_copies`\n{side}\n"
+        f"COMMENT 'Identity and first-copy order of every {t} row (for {t}_dedup).'",
+        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_repeats`\n{side}\n"
+        f"COMMENT 'Every copy of a {t} identity written more than once (for {t}_dedup).'",
+        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_later`\n(\n{defs(later_cols, later_types)}\n)\nENGINE = Set",
+        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_tied`\n(\n"
+        f"{defs(list(table.identity), [types[c] for c in table.identity])}\n)\nENGINE = MergeTree\n"
+        f"ORDER BY ({key})",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_later_mv` TO {db}.`{t}_later` AS "
+        f"SELECT {key}, p.1 AS copy_ingest_time, p.2 AS copy_payload_sha256 FROM (SELECT {key}, "
+        f"arrayJoin(arrayPopFront(arraySort(groupArray(({first}))))) AS p FROM {db}.`{t}_repeats` GROUP BY {key})",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_tied_mv` TO {db}.`{t}_tied` AS "
+        f"SELECT DISTINCT {key} FROM {db}.`{t}_repeats` GROUP BY {key}, {first} HAVING count() > 1",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_repeats_mv` TO {db}.`{t}_repeats` AS "
+        f"SELECT {', '.join(f'a.{c} AS {c}' for c in cols)} "
+        f"FROM (SELECT DISTINCT {key} FROM {db}.`{t}_copies`) AS k INNER JOIN (SELECT {sel} FROM {whole} "
+        f"WHERE ({key}) IN (SELECT {key} FROM {whole} WHERE ({key}) IN (SELECT {key} FROM {db}.`{t}_copies`) "
+        f"GROUP BY {key} HAVING count() > 1)) AS a ON {on}",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_copies_mv` TO {db}.`{t}_copies` AS "
+        f"SELECT {sel} FROM {db}.`{t}`",
+    ]
+
+
+DEDUP_SIDE_SUFFIXES = ("copies", "repeats", "later", "tied", "later_mv", "tied_mv", "repeats_mv", "copies_mv")
+
+
+def clickhouse_side_objects() -> list[str]:
+    """Names of the side tables and materialized views ``create_clickhouse_tables`` adds.
+
+    >>> clickhouse_side_objects()[:2]
+    ['predictions_copies', 'predictions_repeats']
+    """
+    return [f"{n}_{s}" for n in ("predictions", "labels") for s in DEDUP_SIDE_SUFFIXES]
+
+
+def clickhouse_dedup_view_ddl(table: Table, database: str = "audit", replace: bool = False) -> str:
+    """The first copy by (ingest_time, payload_sha256) per identity, as a filter on the table.
+
+    Every row passes except the later copies in the ``<t>_later`` set (see
+    ``clickhouse_copies_ddl``), so an analyst's WHERE is pushed into the table scan and uses
+    the sort key, partitions and skip indexes (a ``LIMIT 1 BY`` view sorted the whole table
+    first). ``identity()`` keeps the anti-joins out of primary-key analysis. Identities in
+    ``<t>_tied`` (the same payload written twice in one microsecond, e.g. a batch re-sent
+    under another insert token) come from the second branch: ``LIMIT 1 BY`` over just them.
+
+    >>> "NOT IN `audit`.`predictions_later`" in clickhouse_dedup_view_ddl(PREDICTIONS)
     True
     """
     create = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW IF NOT EXISTS"
+    db, t = f"`{database}`", table.name
+    key, first = ", ".join(table.identity), ", ".join(_FIRST_BY)
+    key_expr = f"({key})" if len(table.identity) > 1 else key
+    tied = f"SELECT {key} FROM {db}.`{t}_tied`"
     return (
-        f"{create} `{database}`.`{table.name}_dedup` AS "
-        f"SELECT * FROM `{database}`.`{table.name}` ORDER BY ingest_time, payload_sha256 "
-        f"LIMIT 1 BY {', '.join(table.identity)}"
+        f"{create} {db}.`{t}_dedup` AS "
+        f"SELECT * FROM {db}.`{t}` WHERE identity(({key}, {first})) NOT IN {db}.`{t}_later` "
+        f"AND identity({key_expr}) NOT IN ({tied}) "
+        f"UNION ALL SELECT * FROM {db}.`{t}` WHERE {key_expr} IN ({tied}) "
+        f"ORDER BY {first} LIMIT 1 BY {key}"
     )
+
+
+def _re_literal(text: str) -> str:
+    r"""``text`` as a literal inside a ClickHouse (re2) regular expression in a SQL string.
+
+    >>> print(_re_literal("a.b_c"))
+    a\\.b_c
+    """
+    return "".join("\\\\" + ch if not (ch.isalnum() or ch == "_") else ch for ch in text)
 
 
 def clickhouse_accuracy_view_ddl(database: str = "audit", replace: bool = False) -> str:
@@ -408,6 +522,8 @@ def render_ddl(target: str, database: str = "audit", project: str = "my-project"
         parts = [f"CREATE DATABASE IF NOT EXISTS `{database}`"]
         for t in TABLES.values():
             parts.append(clickhouse_ddl(t, database, ttl_days))
+        for n in ("predictions", "labels"):
+            parts += clickhouse_copies_ddl(TABLES[n], database, ttl_days)
         parts += [clickhouse_dedup_view_ddl(TABLES[n], database) for n in ("predictions", "labels")]
         parts.append(clickhouse_accuracy_view_ddl(database))
         return ";\n\n".join(parts) + ";\n"
@@ -426,12 +542,27 @@ def create_clickhouse_tables(
     """Create the database, tables and views idempotently through a clickhouse-connect client.
 
     ``replace_views`` re-creates the views (they hold no data) so a provision run upgrades them.
+    A ``<t>_copies`` side table created next to existing rows is filled from them (a row
+    written meanwhile lands twice there, with the same ingest time and hash: harmless).
     """
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
     for t in TABLES.values():
         client.command(clickhouse_ddl(t, database, ttl_days))
+        for name, expr in CLICKHOUSE_SKIP_INDEXES.get(t.name, ()):  # tables made before the index
+            client.command(f"ALTER TABLE `{database}`.`{t.name}` ADD INDEX IF NOT EXISTS {name} {expr}")
     for n in ("predictions", "labels"):
-        client.command(clickhouse_dedup_view_ddl(TABLES[n], database, replace_views))
+        table = TABLES[n]
+        had = client.command(
+            f"SELECT count() FROM system.tables WHERE database = '{_sql_str(database)}' AND name = '{n}_copies'"
+        )
+        for q in clickhouse_copies_ddl(table, database, ttl_days):
+            client.command(q)
+        if not int(had):
+            cols = ", ".join(_copies_columns(table))
+            client.command(
+                f"INSERT INTO `{database}`.`{n}_copies` ({cols}) SELECT {cols} FROM `{database}`.`{n}`"
+            )
+        client.command(clickhouse_dedup_view_ddl(table, database, replace_views))
     client.command(clickhouse_accuracy_view_ddl(database, replace_views))
 
 
