@@ -333,6 +333,7 @@ class PiiRedactor:
         #: name_key(feature) -> rule, for keys spelt differently from the spec
         self._variants = {name_key(n): "drop" for n in self._drop}
         self._variants.update({name_key(n): "hash" for n in self._hash})
+        self._memo: dict[str, str | None] = {}  # unexpected key -> its rule (None: not PII)
 
     def apply(self, features: dict[str, Any]) -> dict[str, Any]:
         if not self.active:
@@ -344,8 +345,13 @@ class PiiRedactor:
             if out.get(name) is not None:
                 out[name] = self._key.hash(out[name])  # type: ignore[union-attr]
         if not self._names.issuperset(out):  # keys the spec does not name: misspelt PII?
-            for name in [n for n in out if n not in self._names]:
-                rule = self._variants.get(name_key(name))
+            memo = self._memo
+            for name in out.keys() - self._names:
+                rule = memo.get(name, "")
+                if rule == "":
+                    rule = self._variants.get(name_key(name))
+                    if len(memo) < 4096:  # bounded: producers may send any key
+                        memo[name] = rule
                 if rule == "drop":
                     del out[name]
                 elif rule == "hash" and out[name] is not None:
