@@ -531,6 +531,7 @@ def render_ddl(target: str, database: str = "audit", project: str = "my-project"
         doc = {
             "tables": [bigquery_table_resource(t, project, database) for t in TABLES.values()],
             "views": [{"name": n, "query": q} for n, q in bigquery_views(project, database).items()],
+            "table_functions": [bigquery_first_copies_function_ddl(PREDICTIONS, project, database)],
         }
         return json.dumps(doc, indent=2) + "\n"
     raise ValueError(f"unknown target {target!r}: use bigquery or clickhouse")
@@ -566,6 +567,28 @@ def create_clickhouse_tables(
     client.command(clickhouse_accuracy_view_ddl(database, replace_views))
 
 
+def bigquery_first_copies_function_ddl(table: Table, project: str, dataset: str) -> str:
+    """``<t>_first(from_ts, to_ts)``: the ``*_dedup`` rows with ``from_ts <= time < to_ts``.
+
+    The time filter sits below the window function, so BigQuery prunes day partitions (a
+    filter on the view's ``event_time`` is not pushed through ``ROW_NUMBER() OVER (PARTITION
+    BY model_name, event_id)``: only filters on the PARTITION BY columns are). Same rows as
+    the view when the copies of an identity share their event time (a re-send of the same
+    event does: event_time comes from the producer). Always ``OR REPLACE`` (it holds no data;
+    bqemulator does not parse ``IF NOT EXISTS`` here).
+
+    >>> bigquery_first_copies_function_ddl(PREDICTIONS, "p", "d").split("(")[0]
+    'CREATE OR REPLACE TABLE FUNCTION `p.d.predictions_first`'
+    """
+    return (
+        f"CREATE OR REPLACE TABLE FUNCTION `{project}.{dataset}.{table.name}_first`(from_ts TIMESTAMP, to_ts TIMESTAMP) AS "
+        f"SELECT * EXCEPT(_rn) FROM (SELECT *, ROW_NUMBER() OVER "
+        f"(PARTITION BY {', '.join(table.identity)} ORDER BY {', '.join(_FIRST_BY)}) AS _rn "
+        f"FROM `{project}.{dataset}.{table.name}` "
+        f"WHERE {table.time_column} >= from_ts AND {table.time_column} < to_ts) WHERE _rn = 1"
+    )
+
+
 def bigquery_views(project: str, dataset: str) -> dict[str, str]:
     """View name -> GoogleSQL query."""
     views = {
@@ -596,3 +619,4 @@ def create_bigquery_tables(
             if replace_views and got.view_query != query:
                 got.view_query = query
                 client.update_table(got, ["view_query"])
+        client.query(bigquery_first_copies_function_ddl(PREDICTIONS, project, dataset)).result()

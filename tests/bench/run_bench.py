@@ -135,6 +135,9 @@ def main() -> None:
     from tests.bench.detection import main as detection
 
     detection()
+    from tests.bench.views_bench import main as views
+
+    views()  # alone: python -m tests.bench.views_bench
 
 
 if __name__ == "__main__":

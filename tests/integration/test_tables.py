@@ -261,6 +261,12 @@ def test_dedup_views_return_the_first_copy_in_both_engines(
         bq = [tuple(r.values()) for r in bq_client.query(q).result()]
         assert ch == expected, name
         assert bq == expected, name
+    # BigQuery's time-range table function (partition pruning) gives the view's rows for the day
+    fn = f"`{BQ_PROJECT}.{bq_dataset}.predictions_first`(TIMESTAMP '2026-03-01', TIMESTAMP '2026-03-02')"
+    q = f"SELECT model_name, event_id, request_id FROM {fn} ORDER BY 1, 2"
+    assert [tuple(r.values()) for r in bq_client.query(q).result()] == FIRST_COPIES
+    q = f"SELECT count(*) AS n FROM `{BQ_PROJECT}.{bq_dataset}.predictions_first`(TIMESTAMP '2026-03-02', TIMESTAMP '2026-03-03')"
+    assert next(iter(bq_client.query(q).result())).n == 0
     # the whole first row, not just its request id: the same content in both engines
     ch_row = chdb_client.query(
         f"SELECT prediction_label, latency_ms FROM `{ch_database}`.predictions_dedup WHERE event_id = 'e3'"
