@@ -95,11 +95,16 @@ def test_clean_replay_verifies_and_records_respect_dedup(replayed, chdb_client, 
 
 
 def test_row_hash_recomputes_from_the_stored_row(replayed, chdb_client, ch_database) -> None:
-    """The documented recipe: stored columns in schema order, timestamps as micros."""
+    """The README recipe over the stored columns (event_time selected as micros), and
+    ``row_sha256`` over the row as ``SELECT *`` returns it (datetimes)."""
+    from tests.unit.test_integrity import readme_row_sha256
+
     cols = [c.name for c in PREDICTIONS.columns]
-    for values in chdb_client.query(f"SELECT * FROM `{ch_database}`.predictions").result_rows:
-        row = dict(zip(cols, values, strict=True))
+    q = f"SELECT *, toUnixTimestamp64Micro(event_time) AS us FROM `{ch_database}`.predictions"
+    for values in chdb_client.query(q).result_rows:
+        row = dict(zip([*cols, "us"], values, strict=True))
         assert row_sha256(row) == row["row_sha256"], row["event_id"]
+        assert readme_row_sha256({**row, "event_time": row["us"]}) == row["row_sha256"], row["event_id"]
 
 
 def test_admin_update_is_reported_as_altered(replayed, chdb_client, ch_database) -> None:

@@ -19,7 +19,6 @@ from hypothesis import strategies as st
 
 from pipelines import cli, verify
 from schemas import REFERENCE_EVENT, Decoders
-from schemas.tables import PREDICTIONS
 from transforms import integrity
 from transforms.integrity import (
     ExportIntegrity,
@@ -29,7 +28,7 @@ from transforms.integrity import (
     integrity_record,
     merkle_root,
 )
-from transforms.rows import from_micros, prediction_row, row_sha256
+from transforms.rows import from_micros, prediction_row, row_hash_columns, row_sha256
 
 H12 = 1772366400000000  # 2026-03-01T12:00Z
 
@@ -71,24 +70,35 @@ def reference_row() -> dict:
     return prediction_row(ev, ts, REFERENCE_EVENT, ingest_time=ts)
 
 
-def test_row_hash_recipe_in_a_few_lines_of_plain_python() -> None:
-    """The README recipe, independent of ``row_sha256``: the stored columns except the
-    delivery fields, timestamps as epoch micros, JSON columns parsed, orjson with sorted keys."""
-    row = reference_row()
-    skip = {"message_id", "publish_time", "ingest_time", "payload_sha256", "pipeline_version"}
-    skip |= {"quality_issues", "row_sha256"}
+#: the README recipe ("Audit integrity"), verbatim: it must keep matching the code
+README_COLUMNS = ["event_id", "event_time", "model_name", "model_version", "schema_version",
+                  "request_id", "features", "prediction_label", "prediction_score", "prediction_scores",
+                  "prediction_value", "latency_ms", "status", "metadata", "extensions"]  # fmt: skip
+README_JSON = {"features", "prediction_scores", "metadata", "extensions"}
+README_FLOAT = {"prediction_score", "prediction_value", "latency_ms"}
+
+
+def readme_row_sha256(row: dict) -> str:
     doc = {}
-    for c in PREDICTIONS.columns:
-        if c.name in skip:
-            continue
-        v = row[c.name]
-        if c.kind == "json" and v is not None:
+    for k in README_COLUMNS:
+        v = row.get(k)
+        if v is not None and k in README_JSON and isinstance(v, str):
             v = orjson.loads(v)
-        if c.kind == "float" and v is not None:
+        if v is not None and k in README_FLOAT:
             v = float(v)
-        doc[c.name] = v
-    expected = hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
-    assert row["row_sha256"] == expected
+        doc[k] = v
+    return hashlib.sha256(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)).hexdigest()
+
+
+def test_row_hash_recipe_in_a_few_lines_of_plain_python() -> None:
+    """The documented field order, kinds and encoding are the code's."""
+    assert [c for c, _ in row_hash_columns()] == README_COLUMNS
+    kinds = dict(row_hash_columns())
+    assert {c for c, k in kinds.items() if k == "json"} == README_JSON
+    assert {c for c, k in kinds.items() if k == "float"} == README_FLOAT
+    row = reference_row()
+    assert row["row_sha256"] == readme_row_sha256(row)
+    assert readme_row_sha256({**row, "latency_ms": 3}) == row_sha256({**row, "latency_ms": 3})
 
 
 def test_row_hash_is_the_same_however_an_engine_returns_the_row() -> None:
