@@ -160,9 +160,18 @@ def check_record(record: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _entries(element: dict[str, Any] | list[dict[str, Any]]) -> Iterator[tuple[tuple, tuple]]:
+def _entries(element: dict[str, Any] | list[dict[str, Any]], arrival: bool) -> Iterator[tuple[tuple, tuple]]:
+    """(group, leaf entry) per row; with ``arrival`` the entry carries what decides the first
+    copy (streaming: a redelivery after the dedup horizon reaches the records too). Replay's
+    dedup is exact over the run, so its entries are just (event_id, row_sha256)."""
     for row in element if isinstance(element, list) else (element,):
-        yield group_of(row), (row["event_id"], row["row_sha256"], row["ingest_time"], row["payload_sha256"])
+        if arrival:
+            yield (
+                group_of(row),
+                (row["event_id"], row["row_sha256"], row["ingest_time"], row["payload_sha256"]),
+            )
+        else:
+            yield group_of(row), (row["event_id"], row["row_sha256"], 0, "")
 
 
 class _RecordFn(beam.DoFn):
@@ -197,7 +206,9 @@ class IntegrityRecords(beam.PTransform):
 
     def expand(self, rows: beam.PCollection | tuple) -> beam.PCollection:
         parts = rows if isinstance(rows, tuple | list) else (rows,)
-        entries = [part | f"Leaves{i}" >> beam.FlatMap(_entries) for i, part in enumerate(parts)]
+        entries = [
+            part | f"Leaves{i}" >> beam.FlatMap(_entries, not self.bounded) for i, part in enumerate(parts)
+        ]
         merged = entries[0] if len(entries) == 1 else entries | "AllLeaves" >> beam.Flatten()
         if self.bounded:
             windowed = merged | "Global" >> beam.WindowInto(window.GlobalWindows())

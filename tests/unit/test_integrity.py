@@ -156,12 +156,13 @@ def audit_row(event_id: str, minute: int, *, score: float = 0.5, ingest: int = 1
     return row
 
 
-def test_bounded_records_one_per_hour_first_copies_only() -> None:
+def test_bounded_records_one_per_hour() -> None:
+    """Replay: one record per (model, version, hour), leaves in identity order (replay's own
+    dedup is exact, so only first copies arrive here)."""
     rows = [audit_row("b", 1), audit_row("a", 2), audit_row("c", 70)]
-    later_copy = audit_row("a", 2, ingest=5, payload="q")  # a redelivery that reached the records
     with beam.Pipeline() as p:
         recs = (
-            p | beam.Create([rows[:2], [rows[2], later_copy]]) | IntegrityRecords("replay:t", bounded=True)
+            p | beam.Create([rows[:2], [rows[2]]]) | IntegrityRecords("replay:t", bounded=True)
         ) | beam.Map(lambda r: (r["hour_start"], r["row_count"], r["leaves"], r["sequence"], r["final"]))
         leaves12 = orjson.dumps([["a", rows[1]["row_sha256"]], ["b", rows[0]["row_sha256"]]]).decode()
         leaves13 = orjson.dumps([["c", rows[2]["row_sha256"]]]).decode()
@@ -172,15 +173,17 @@ def test_bounded_records_one_per_hour_first_copies_only() -> None:
 
 def test_streaming_panes_accumulate_with_a_sequence() -> None:
     """On-time pane, then a late row within the allowed lateness: the second pane re-emits the
-    whole hour (2 rows) with sequence 1; a row later than the lateness is in no record."""
+    whole hour (2 rows) with sequence 1; a row later than the lateness is in no record; a
+    redelivery that passed dedup (after its horizon) is not a second leaf: the first copy is."""
     opts = PipelineOptions()
     opts.view_as(StandardOptions).streaming = True
     t12 = H12 / 1e6
-    first, late, too_late = audit_row("a", 1), audit_row("b", 2), audit_row("z", 3)
+    first, late, too_late = audit_row("a", 1, ingest=5), audit_row("b", 2), audit_row("z", 3)
+    redelivered = {**audit_row("a", 1, score=0.9, ingest=9, payload="q")}
     stream = (
         TestStream()
         .advance_watermark_to(t12)
-        .add_elements([TimestampedValue(first, t12 + 60)])
+        .add_elements([TimestampedValue(redelivered, t12 + 60), TimestampedValue(first, t12 + 60)])
         .advance_watermark_to(t12 + 3600 + 1)
         .add_elements([TimestampedValue(late, t12 + 120)])
         .advance_watermark_to(t12 + 3600 + 600)
@@ -287,3 +290,12 @@ def test_cli_help_and_no_abbreviations(capsys) -> None:
     assert cli.main(["verify", "--sin", "clickhouse", "--from", "2026-03-01", "--to", "2026-03-02"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("predaudit verify: error:") and err.count("\n") == 1 and "--sin" in err
+
+
+def test_streaming_leaves_keep_the_first_copy_of_a_redelivery() -> None:
+    """A redelivery after the dedup horizon reaches the records: the first copy by ingest
+    time is the leaf, whatever order the group hands them over in."""
+    first = audit_row("a", 1, ingest=5)
+    again = audit_row("a", 1, score=0.9, ingest=9, payload="q")
+    entries = [e for r in (again, first) for _, e in integrity._entries(r, True)]
+    assert integrity.first_copies(entries) == [("a", first["row_sha256"])]
