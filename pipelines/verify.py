@@ -115,7 +115,9 @@ class ClickHouseSource:
         ts = set(ts)
         # timestamps as epoch micros, under another name: an alias named like the column would
         # shadow it in WHERE (ClickHouse resolves aliases there)
-        select = ", ".join(f"toUnixTimestamp64Micro(`{c}`) AS `_us_{c}`" if c in ts else f"`{c}`" for c in cols)
+        select = ", ".join(
+            f"toUnixTimestamp64Micro(`{c}`) AS `_us_{c}`" if c in ts else f"`{c}`" for c in cols
+        )
         sql = (
             f"SELECT {select} FROM `{self.database}`.`{table}` WHERE `{time_col}` >= "
             f"fromUnixTimestamp64Micro(toInt64({lo}), 'UTC') AND `{time_col}` < "
@@ -124,7 +126,8 @@ class ClickHouseSource:
         if model:
             sql += f" AND model_name = {_ch_str(model)}"
         return [
-            {k.removeprefix("_us_"): v for k, v in row.items()} for row in self.client.query(sql).named_results()
+            {k.removeprefix("_us_"): v for k, v in row.items()}
+            for row in self.client.query(sql).named_results()
         ]
 
     def rows(self, lo: int, hi: int, model: str) -> list[dict[str, Any]]:
@@ -304,11 +307,17 @@ def build_parser() -> argparse.ArgumentParser:
         "printed with its identity), 2 = usage error or tables that cannot be read.",
     )
     p.add_argument("--sink", required=True, choices=["clickhouse", "bigquery"], help="the engine to verify")
-    p.add_argument("--model", default="", help="only this model (default: every model)")
+    p.add_argument("--model", metavar="M", default="", help="only this model (default: every model)")
     p.add_argument(
-        "--from", dest="from_", required=True, help="start (RFC 3339 or date, UTC); its hour is included"
+        "--from",
+        dest="from_",
+        metavar="T",
+        required=True,
+        help="start (RFC 3339 or date, UTC); its hour is included",
     )
-    p.add_argument("--to", required=True, help="end (RFC 3339 or date); the hour it falls in is included")
+    p.add_argument(
+        "--to", metavar="T", required=True, help="end (RFC 3339 or date); the hour it falls in is included"
+    )
     p.add_argument(
         "--clickhouse_dsn",
         default="chdb:///tmp/predaudit-chdb",
@@ -327,7 +336,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def render(findings: Sequence[Finding], header: str) -> str:
+def render(findings: Sequence[Finding], header: str, empty: bool = False) -> str:
+    """The report: the header, one line per difference, the verdict."""
     out = [header]
     out += [f.line() for f in findings]
     if findings:
@@ -336,6 +346,10 @@ def render(findings: Sequence[Finding], header: str) -> str:
             kinds[f.kind] = kinds.get(f.kind, 0) + 1
         out.append(
             f"{len(findings)} difference(s): " + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+        )
+    elif empty:
+        out.append(
+            "nothing to verify: no rows and no integrity records in the range (check the range and --model)"
         )
     else:
         out.append("clean: every row matches its integrity record and every record's rows are there")
@@ -383,7 +397,7 @@ def run(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     via = f" (records from {args.records})" if args.records else ""
     header = f"verify {where}{model} {span}: {len(rows)} rows, {len(records)} integrity records{via}"
     findings = compare(rows, records)
-    out.write(render(findings, header))
+    out.write(render(findings, header, empty=not rows and not records))
     return 1 if findings else 0
 
 
