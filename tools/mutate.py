@@ -256,9 +256,18 @@ def mutmut_config(module: Module, tests: list[str], settings: dict) -> str:
     return "\n[tool.mutmut]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in cfg.items())
 
 
-def run_module(module: Module, settings: dict, known: list[Equivalent], children: int) -> Result:
-    """Mutate one module in its own copy of the tree and classify every mutant."""
+def run_module(
+    module: Module, settings: dict, known: list[Equivalent], children: int, deadline: float
+) -> Result:
+    """Mutate one module in its own copy of the tree and classify every mutant.
+
+    The run stops at ``module_timeout_s`` or at the whole run's ``deadline`` (monotonic
+    clock), whichever comes first; mutants it did not reach are reported as "not run".
+    """
     t0 = time.monotonic()
+    limit = min(float(settings.get("module_timeout_s", 1500)), deadline - t0)
+    if limit <= 0:
+        return Result(module, {}, [], [], error="not run: the whole run's budget_s was spent")
     work = WORK / module.slug
     tests = module.test_files(ROOT)
     if not [t for t in tests if t.startswith("tests/")]:
@@ -268,7 +277,6 @@ def run_module(module: Module, settings: dict, known: list[Equivalent], children
         f.write(mutmut_config(module, tests, settings))
     log_path = work / "mutmut.log"
     cmd = [sys.executable, "-m", "mutmut", "run", "--max-children", str(children), *module.mutant_globs()]
-    limit = float(settings.get("module_timeout_s", 1500))
     error = ""
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, cwd=work, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -277,7 +285,10 @@ def run_module(module: Module, settings: dict, known: list[Equivalent], children
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            rc, error = 0, f"stopped after {limit:.0f} s (module_timeout_s): unrun mutants count as 'not run'"
+            rc, error = (
+                0,
+                f"stopped after {limit:.0f} s (module_timeout_s / budget_s): the rest are 'not run'",
+            )
     if rc != 0:
         tail = [
             ln for ln in log_path.read_text(errors="replace").replace("\r", "\n").splitlines() if ln.strip()
@@ -379,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tools/mutate.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("modules", nargs="*", help="module paths as in pyproject.toml (default: all)")
     parser.add_argument("--jobs", type=int, default=0, help="processes at once (default: pyproject's jobs)")
+    parser.add_argument(
+        "--budget", type=float, default=0, help="seconds for the whole run (default: budget_s)"
+    )
     parser.add_argument("--list", action="store_true", help="show the modules and their tests, run nothing")
     args = parser.parse_args(argv)
     settings, modules, known = load_config()
@@ -404,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     results: dict[str, Result] = {}
     with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-        futures = {pool.submit(run_module, m, settings, known, children): m for m in chosen}
+        deadline = time.monotonic() + (args.budget or float(settings.get("budget_s", 3000)))
+        futures = {pool.submit(run_module, m, settings, known, children, deadline): m for m in chosen}
         for fut in concurrent.futures.as_completed(futures):
             r = fut.result()
             results[r.module.path] = r

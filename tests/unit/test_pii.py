@@ -121,3 +121,14 @@ def test_redactors_keep_only_models_with_pii_rules() -> None:
     with pytest.raises(SpecError, match="need a PII key"):
         redactors({"m": SPEC}, None)
     assert redactors({"d": DROP_ONLY, "p": PLAIN}, None).keys() == {"d"}
+
+
+def test_a_misspelt_pii_key_is_redacted_on_every_event_not_only_the_first() -> None:
+    red = PiiRedactor(SPEC, PiiKey(SECRET))
+    for _ in range(3):  # the rule of an unexpected key is remembered: later events must get it too
+        assert red.apply({"Email ": "a@b.c", "SSN": "1", "AGE": 7, "a": 1.0}) == {
+            "Email ": hmac_of(b"a@b.c"),
+            "AGE": hmac_of(b"7"),
+            "a": 1.0,
+        }
+    assert red.apply({"EMAIL": None, "other": "x"}) == {"EMAIL": None, "other": "x"}
