@@ -343,7 +343,9 @@ def clickhouse_ddl(table: Table, database: str = "audit", ttl_days: int = 0) -> 
         + ",\n".join(cols)
         + f"\n)\nENGINE = MergeTree\nPARTITION BY toYYYYMM({table.time_column})\n"
         + f"ORDER BY ({', '.join(table.order_by)}){ttl}\n"
-        + "SETTINGS non_replicated_deduplication_window = 1000\n"
+        + "SETTINGS non_replicated_deduplication_window = 1000"
+        + (_ROW_ID_SETTINGS if table.name in _DEDUP_VIEW_TABLES else "")
+        + "\n"
         + f"COMMENT '{_sql_str(table.description)}'"
     )
 
@@ -358,6 +360,9 @@ CLICKHOUSE_SKIP_INDEXES: dict[str, tuple[tuple[str, str], ...]] = {
 }
 
 _FIRST_BY = ("ingest_time", "payload_sha256")  # "first copy" order in both engines
+_DEDUP_VIEW_TABLES = ("predictions", "labels")
+# persisted per-row insert position: tells byte-identical copies apart (clickhouse_dedup_view_ddl)
+_ROW_ID_SETTINGS = ", enable_block_number_column = 1, enable_block_offset_column = 1"
 
 
 def _copies_columns(table: Table) -> list[str]:
@@ -375,11 +380,13 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
       arrives: the inserted block's identities are looked up in the whole of ``<t>_copies`` by
       its sort key (``merge()`` reads the table itself: inside a materialized view the source
       table's name means the inserted block, which is already committed).
-    - ``<t>_later`` (Set): (identity, ingest_time, payload_sha256) of every copy that is not
-      the first by (ingest_time, payload_sha256). A copy, once later, stays later.
-    - ``<t>_tied``: identities with two copies equal in (ingest_time, payload_sha256), which
-      only ``LIMIT 1 BY`` can tell apart (a table, not a Set: an IN subquery on it lets
-      primary-key analysis skip every granule when it is empty).
+    - ``<t>_later`` (Set): (identity, ingest_time) of every copy ingested after the identity's
+      earliest ingest time. A copy, once later, stays later. Only fixed-width ingest_time is
+      read besides the identity (payload_sha256 would be 64 bytes a row for every query).
+    - ``<t>_tied``: identities with two copies of one ingest time (same payload written twice
+      in one microsecond, or different payloads): the view orders those by payload_sha256,
+      then insert position (a table, not a Set: an IN subquery on it lets primary-key
+      analysis skip every granule when it is empty).
 
     >>> [q.split("`")[3] for q in clickhouse_copies_ddl(PREDICTIONS)][:4]
     ['predictions_copies', 'predictions_repeats', 'predictions_later', 'predictions_tied']
@@ -398,11 +405,10 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
         f"(\n{defs(cols, [types[c] for c in cols])}\n)\nENGINE = MergeTree\nORDER BY ({key}){ttl}\n"
         "SETTINGS non_replicated_deduplication_window = 1000"
     )
-    later_cols = [*table.identity, *(f"copy_{c}" for c in _FIRST_BY)]
-    later_types = [types[c] for c in (*table.identity, *_FIRST_BY)]
+    later_cols = [*table.identity, "copy_ingest_time"]
+    later_types = [types[c] for c in (*table.identity, "ingest_time")]
     whole = f"merge('{_sql_str(database)}', '^{_re_literal(t)}_copies$')"
     on = " AND ".join(f"a.{c} = k.{c}" for c in table.identity)
-    first = ", ".join(_FIRST_BY)
     return [
         f"CREATE TABLE IF NOT EXISTS {db}.`{t}_copies`\n{side}\n"
         f"COMMENT 'Identity and first-copy order of every {t} row (for {t}_dedup).'",
@@ -413,10 +419,10 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
         f"{defs(list(table.identity), [types[c] for c in table.identity])}\n)\nENGINE = MergeTree\n"
         f"ORDER BY ({key})",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_later_mv` TO {db}.`{t}_later` AS "
-        f"SELECT {key}, p.1 AS copy_ingest_time, p.2 AS copy_payload_sha256 FROM (SELECT {key}, "
-        f"arrayJoin(arrayPopFront(arraySort(groupArray(({first}))))) AS p FROM {db}.`{t}_repeats` GROUP BY {key})",
+        f"SELECT {key}, arrayJoin(arrayPopFront(arraySort(groupUniqArray(ingest_time)))) AS copy_ingest_time "
+        f"FROM {db}.`{t}_repeats` GROUP BY {key}",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_tied_mv` TO {db}.`{t}_tied` AS "
-        f"SELECT DISTINCT {key} FROM {db}.`{t}_repeats` GROUP BY {key}, {first} HAVING count() > 1",
+        f"SELECT DISTINCT {key} FROM {db}.`{t}_repeats` GROUP BY {key}, ingest_time HAVING count() > 1",
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_repeats_mv` TO {db}.`{t}_repeats` AS "
         f"SELECT {', '.join(f'a.{c} AS {c}' for c in cols)} "
         f"FROM (SELECT DISTINCT {key} FROM {db}.`{t}_copies`) AS k INNER JOIN (SELECT {sel} FROM {whole} "
@@ -442,12 +448,15 @@ def clickhouse_side_objects() -> list[str]:
 def clickhouse_dedup_view_ddl(table: Table, database: str = "audit", replace: bool = False) -> str:
     """The first copy by (ingest_time, payload_sha256) per identity, as a filter on the table.
 
-    Every row passes except the later copies in the ``<t>_later`` set (see
+    Every row passes except the copies in the ``<t>_later`` set (see
     ``clickhouse_copies_ddl``), so an analyst's WHERE is pushed into the table scan and uses
     the sort key, partitions and skip indexes (a ``LIMIT 1 BY`` view sorted the whole table
-    first). ``identity()`` keeps the anti-joins out of primary-key analysis. Identities in
-    ``<t>_tied`` (the same payload written twice in one microsecond, e.g. a batch re-sent
-    under another insert token) come from the second branch: ``LIMIT 1 BY`` over just them.
+    first). ``identity()`` keeps the anti-joins out of primary-key analysis. Copies of an
+    identity in ``<t>_tied`` that share the earliest ingest time (e.g. a batch re-sent under
+    another insert token) are ordered by payload_sha256, then by the row's persisted
+    ``_block_number`` and ``_block_offset`` (stable across merges): all but the first are
+    dropped, looked up by identity (nothing is read while ``<t>_tied`` is empty). One branch, no UNION: a UNION
+    ALL branch alone cost as much as the point lookup it wrapped.
 
     >>> "NOT IN `audit`.`predictions_later`" in clickhouse_dedup_view_ddl(PREDICTIONS)
     True
@@ -456,13 +465,15 @@ def clickhouse_dedup_view_ddl(table: Table, database: str = "audit", replace: bo
     db, t = f"`{database}`", table.name
     key, first = ", ".join(table.identity), ", ".join(_FIRST_BY)
     key_expr = f"({key})" if len(table.identity) > 1 else key
-    tied = f"SELECT {key} FROM {db}.`{t}_tied`"
+    tied_later = (
+        f"SELECT {key}, x.3, x.4 FROM (SELECT {key}, arrayJoin(arrayPopFront(arraySort(groupArray(("
+        f"{first}, _block_number, _block_offset))))) AS x FROM {db}.`{t}` "
+        f"WHERE {key_expr} IN (SELECT {key} FROM {db}.`{t}_tied`) GROUP BY {key})"
+    )
     return (
         f"{create} {db}.`{t}_dedup` AS "
-        f"SELECT * FROM {db}.`{t}` WHERE identity(({key}, {first})) NOT IN {db}.`{t}_later` "
-        f"AND identity({key_expr}) NOT IN ({tied}) "
-        f"UNION ALL SELECT * FROM {db}.`{t}` WHERE {key_expr} IN ({tied}) "
-        f"ORDER BY {first} LIMIT 1 BY {key}"
+        f"SELECT * FROM {db}.`{t}` WHERE identity(({key}, ingest_time)) NOT IN {db}.`{t}_later` "
+        f"AND identity(({key}, _block_number, _block_offset)) NOT IN ({tied_later})"
     )
 
 
@@ -551,6 +562,8 @@ def create_clickhouse_tables(
         client.command(clickhouse_ddl(t, database, ttl_days))
         for name, expr in CLICKHOUSE_SKIP_INDEXES.get(t.name, ()):  # tables made before the index
             client.command(f"ALTER TABLE `{database}`.`{t.name}` ADD INDEX IF NOT EXISTS {name} {expr}")
+        if t.name in _DEDUP_VIEW_TABLES:  # tables made before the setting (idempotent)
+            client.command(f"ALTER TABLE `{database}`.`{t.name}` MODIFY SETTING {_ROW_ID_SETTINGS[2:]}")
     for n in ("predictions", "labels"):
         table = TABLES[n]
         had = client.command(

@@ -202,22 +202,26 @@ COPY_BATCHES = [
     [_copy("credit", "e3", 4, "k3-late", "no", 40.0), _copy("credit", "e3", 2, "k3-first", "yes", 20.0)],
     [_copy("fraud", "e2", 3, "f2-tie", "yes", 30.0)],
     [_copy("fraud", "e2", 3, "f2-tie", "yes", 30.0)],
+    [_copy("churn", "e4", 6, "c4-b", "go", 60.0)],  # one ingest time, two payloads: the
+    [_copy("churn", "e4", 6, "c4-a", "stay", 61.0)],  # smaller payload hash is first
 ]
 FIRST_COPIES = [
     ("churn", "e1", "c1-only"),
+    ("churn", "e4", "c4-a"),
     ("credit", "e3", "k3-first"),
     ("fraud", "e1", "f1-first"),
     ("fraud", "e2", "f2-tie"),
 ]
 VIEW_QUERIES = {  # analyst queries through the view -> expected (model, event, request_id) rows
     "all": ("", FIRST_COPIES),
-    "event_id": ("WHERE event_id = 'e1'", [FIRST_COPIES[0], FIRST_COPIES[2]]),
-    "request_id first": ("WHERE request_id = 'f1-first'", [FIRST_COPIES[2]]),
-    "request_id later copy": ("WHERE request_id IN ('f1-late', 'f1-mid', 'k3-late')", []),
-    "tie": ("WHERE event_id = 'e2'", [FIRST_COPIES[3]]),
+    "event_id": ("WHERE event_id = 'e1'", [FIRST_COPIES[0], FIRST_COPIES[3]]),
+    "request_id first": ("WHERE request_id = 'f1-first'", [FIRST_COPIES[3]]),
+    "request_id later copy": ("WHERE request_id IN ('f1-late', 'f1-mid', 'k3-late', 'c4-b')", []),
+    "tie": ("WHERE event_id = 'e2'", [FIRST_COPIES[4]]),
+    "same ingest time": ("WHERE event_id = 'e4'", [FIRST_COPIES[1]]),
     "one day, one model": (
         "WHERE model_name = 'fraud' AND event_time >= '2026-03-01' AND event_time < '2026-03-02'",
-        [FIRST_COPIES[2], FIRST_COPIES[3]],
+        [FIRST_COPIES[3], FIRST_COPIES[4]],
     ),
 }
 
@@ -250,7 +254,7 @@ def test_dedup_views_return_the_first_copy_in_both_engines(
     for i, batch in enumerate(COPY_BATCHES):
         rows = [to_json_row("predictions", r) for r in batch]
         assert bq_client.insert_rows_json(ref, rows, row_ids=[f"{i}-{j}" for j in range(len(rows))]) == []
-    assert chdb_client.command(f"SELECT count() FROM `{ch_database}`.predictions") == 8  # every copy kept
+    assert chdb_client.command(f"SELECT count() FROM `{ch_database}`.predictions") == 10  # every copy kept
     for name, (where, expected) in VIEW_QUERIES.items():
         ch = _ch_view(chdb_client, ch_database, where)
         q = (
@@ -287,7 +291,9 @@ def test_clickhouse_side_tables_backfill_existing_rows(chdb_client, ch_database)
     create_clickhouse_tables(chdb_client, ch_database, replace_views=True)
     assert _ch_view(chdb_client, ch_database, "") == FIRST_COPIES
     _insert_ch(chdb_client, ch_database, [[_copy("churn", "e1", 0, "c1-earlier", "go", 1.0)]], prefix="new")
-    assert _ch_view(chdb_client, ch_database, "WHERE model_name = 'churn'") == [("churn", "e1", "c1-earlier")]
+    assert _ch_view(chdb_client, ch_database, "WHERE event_id = 'e1' AND model_name = 'churn'") == [
+        ("churn", "e1", "c1-earlier")
+    ]
 
 
 def test_clickhouse_view_lookups_read_what_the_table_reads(chdb_client, ch_database) -> None:
