@@ -22,6 +22,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.identity import identity, identity_id
+from transforms.rows import row_sha256
 from transforms.sinks.base import LogLimiter, SinkFn
 from transforms.sinks.bigquery import classify_bigquery, insert_id
 from transforms.sinks.clickhouse import classify_clickhouse, dedup_token
@@ -53,6 +54,7 @@ def pred_row(i: int, model: str = "fraud", **over: Any) -> dict[str, Any]:
         "quality_issues": [],
     }
     row.update(over)
+    row["row_sha256"] = row_sha256(row)
     return row
 
 
