@@ -6,7 +6,8 @@ Why: a suite is only as good as the bugs it catches. For every module listed und
 one small bug at a time in that module only, and runs the module's own fast tests against
 each mutant (only the tests that reach the mutated function, as mutmut measures). It prints
 one line per module (mutants, killed, timeout, survived, no tests, equivalent, kill rate)
-and writes every survivor's diff to ``build/mutate/survivors.txt``.
+and writes every survivor's diff to ``build/mutate/survivors.txt`` (and per module to
+``build/mutate/<module>/survivors.txt``; ``--report-only`` re-reads the last runs).
 
 Kill rate = (killed + timeout) / (mutants - known equivalents); a mutant no test reaches
 ("no tests") counts as a survivor. Known-equivalent mutants (a change no test can observe)
@@ -297,10 +298,18 @@ def run_module(
         return Result(
             module, {}, [], [], error=f"mutmut exited {rc} ({last}); log: {log_path.relative_to(ROOT)}"
         )
-    meta = work / "mutants" / (module.path if module.path.endswith(".py") else "")
-    metas = [meta.with_name(meta.name + ".meta")] if module.path.endswith(".py") else []
-    if not metas:
+    return collect(module, known, error, time.monotonic() - t0)
+
+
+def collect(module: Module, known: list[Equivalent], error: str = "", seconds: float = 0.0) -> Result:
+    """Classify the mutants of a module's last run (read from its work tree)."""
+    work = WORK / module.slug
+    if module.path.endswith(".py"):
+        metas = [work / "mutants" / (module.path + ".meta")]
+    else:
         metas = sorted((work / "mutants" / module.path).rglob("*.py.meta"))
+    if not any(m.exists() for m in metas):
+        return Result(module, {}, [], [], error=error or "no results: run it first")
     codes: dict[str, int | None] = {}
     for m in metas:
         if m.exists():
@@ -321,7 +330,9 @@ def run_module(
             equivalent.append((name, diffs.get(name, ""), reason))
         else:
             survivors.append((name, statuses[name], diffs.get(name, "")))
-    return Result(module, counts, equivalent, survivors, error, time.monotonic() - t0)
+    result = Result(module, counts, equivalent, survivors, error, seconds)
+    (work / "survivors.txt").write_text(report([result]))
+    return result
 
 
 def _natural(name: str) -> tuple[str, int]:
@@ -393,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--budget", type=float, default=0, help="seconds for the whole run (default: budget_s)"
     )
+    parser.add_argument(
+        "--report-only", action="store_true", help="re-read the modules' last runs, run nothing"
+    )
     parser.add_argument("--list", action="store_true", help="show the modules and their tests, run nothing")
     args = parser.parse_args(argv)
     settings, modules, known = load_config()
@@ -408,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
             only = f" (only {', '.join(m.only)})" if m.only else ""
             print(f"{m.path}{only}: {' '.join(m.test_files(ROOT)) or 'NO TESTS'}")
         return 0
+    if args.report_only:
+        return summarise([collect(m, known) for m in chosen], settings)
     jobs = max(1, args.jobs or int(settings.get("jobs", 2)))
     os.nice(int(settings.get("nice", 19)))  # a shared machine: everyone else's tests come first
     # Modules side by side (each with its serial stats run), the workers split between them.
@@ -428,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
                 f"mutate: {r.module.path}: {r.total} mutants, kill rate {rate} ({r.seconds:.0f} s)",
                 flush=True,
             )
-    ordered = [results[m.path] for m in chosen]
+    return summarise([results[m.path] for m in chosen], settings)
+
+
+def summarise(ordered: list[Result], settings: dict) -> int:
+    """Print the table, write the survivors file; 1 when a module is below ``fail_under``."""
     WORK.mkdir(parents=True, exist_ok=True)
     survivors_file = WORK / "survivors.txt"
     survivors_file.write_text(report(ordered))
