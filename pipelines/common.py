@@ -23,7 +23,8 @@ def sink_fns(opts, sinks: list[str], mode: Mode) -> list[SinkFn]:
             BigQuerySinkFn(opts.bq_project, opts.bq_dataset, opts.bq_endpoint, policy, mode, write_endpoint)
         )
     if "clickhouse" in sinks:
-        fns.append(ClickHouseSinkFn(opts.clickhouse_dsn, opts.clickhouse_database, policy, mode))
+        secret = getattr(opts, "clickhouse_password_secret", "") or ""
+        fns.append(ClickHouseSinkFn(opts.clickhouse_dsn, opts.clickhouse_database, policy, mode, secret))
     return fns
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from transforms.secrets import is_secret_manager
+
 SINKS = ("bigquery", "clickhouse")
 
 
@@ -199,6 +201,13 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         )
     if opts.bq_endpoint and not re.match(r"^https?://", opts.bq_endpoint):
         raise OptionsError(f"--bq_endpoint={opts.bq_endpoint!r}: use http://host:port (empty = Google)")
+    write_ep = getattr(opts, "bq_write_endpoint", "") or ""
+    if write_ep and not re.match(r"^[\w.\-\[\]:]+:\d+$", write_ep):
+        raise OptionsError(f"--bq_write_endpoint={write_ep!r}: use host:port (the emulator's gRPC port)")
+    for name in ("pii_key_secret", "clickhouse_password_secret"):
+        ref = getattr(opts, name, "") or ""
+        if ref and ref.startswith("projects/") and not is_secret_manager(ref):
+            raise OptionsError(f"--{name}={ref!r}: use projects/P/secrets/S/versions/V (a number or latest)")
     if (
         opts.model_specs
         and not pathlib.Path(opts.model_specs).exists()

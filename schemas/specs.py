@@ -28,6 +28,7 @@ QUALITY_ISSUES = (
 )
 PII_KEY_ENV = "PREDAUDIT_PII_KEY"
 PII_KEY_FILE_ENV = "PREDAUDIT_PII_KEY_FILE"
+PII_KEY_SECRET_ENV = "PREDAUDIT_PII_KEY_SECRET"  # a reference: projects/P/secrets/S/versions/V or a file
 
 
 class SpecError(ValueError):
@@ -279,13 +280,31 @@ class PiiKey:
         return "hmac-sha256:" + mac.hexdigest()
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> PiiKey | None:
-        """The key from $PREDAUDIT_PII_KEY, or the file named by $PREDAUDIT_PII_KEY_FILE."""
+    def from_secret(cls, ref: str) -> PiiKey:
+        """The key from a secret reference (``--pii_key_secret``: Secret Manager or a file),
+        resolved where this runs (a worker's ``setup``); ``transforms.secrets.SecretError``
+        (one line, no value) when it cannot be read."""
+        from transforms.secrets import SecretError, resolve
+
+        data = resolve(ref)
+        if len(data) < 16:
+            raise SecretError("pii_key_too_short", ref, "store a PII key of at least 16 bytes")
+        return cls(data)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, secret: str = "") -> PiiKey | None:
+        """The key from ``secret`` (a ``--pii_key_secret`` reference) if given, else from
+        $PREDAUDIT_PII_KEY, the file named by $PREDAUDIT_PII_KEY_FILE, or the reference in
+        $PREDAUDIT_PII_KEY_SECRET."""
         env = os.environ if environ is None else environ
+        if secret:
+            return cls.from_secret(secret)
         if env.get(PII_KEY_ENV):
             return cls(env[PII_KEY_ENV].encode())
         if env.get(PII_KEY_FILE_ENV):
             return cls(pathlib.Path(env[PII_KEY_FILE_ENV]).read_bytes().strip())
+        if env.get(PII_KEY_SECRET_ENV):
+            return cls.from_secret(env[PII_KEY_SECRET_ENV])
         return None
 
 

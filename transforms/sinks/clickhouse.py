@@ -8,6 +8,7 @@ error code, which both backends expose as ``Error.code`` (HTTP: the
 from __future__ import annotations
 
 import hashlib
+import logging
 import ssl
 import types
 from collections.abc import Sequence
@@ -16,6 +17,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from schemas.tables import TABLES
 from transforms.identity import row_identity
+from transforms.secrets import SecretError, SecretRef
 from transforms.sinks.base import Mode, SinkFn
 from transforms.sinks.errors import ROW_REFUSAL, SINK_FAILURE, TRANSIENT, Verdict
 from transforms.sinks.retry import RetriesExhausted, RetryPolicy
@@ -206,25 +208,77 @@ def classify_clickhouse(exc: BaseException, database: str, table: str, dsn: str)
     )
 
 
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+_warned_plain: set[str] = set()
+_log = logging.getLogger(__name__)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine (plain HTTP cannot be sniffed off the wire there).
+
+    >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("ch.example.com")
+    (True, True, False)
+    """
+    host = host.strip("[]").lower()
+    return host in _LOOPBACK or host.startswith("127.")
+
+
+def warn_plain_http(dsn: str) -> bool:
+    """One warning line per host and process when ``dsn`` is plain ``http://`` to another
+    machine: the user and password would cross the network unencrypted. True if it warned.
+    """
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    if parts.scheme != "http" or is_loopback(host) or host in _warned_plain:
+        return False
+    _warned_plain.add(host)
+    _log.warning(
+        "clickhouse: %s is plain HTTP to a non-loopback host: the password crosses the network "
+        "unencrypted; use https://",
+        redact_dsn(dsn),
+    )
+    return True
+
+
+def clickhouse_client(dsn: str, password: str | None = None) -> Any:
+    """A clickhouse-connect client where ``https://`` means TLS on every port.
+
+    clickhouse-connect takes TLS from the port (443/8443) or ``secure``, not from the scheme:
+    an ``https://`` DSN on another port would otherwise send ``Authorization: Basic`` over
+    plain HTTP. ``password`` (from a secret) overrides the DSN's. Plain ``http://`` to a
+    non-loopback host warns once (:func:`warn_plain_http`).
+    """
+    import clickhouse_connect
+
+    warn_plain_http(dsn)
+    kw: dict[str, Any] = {"interface": "https"} if dsn.startswith("https://") else {}
+    if password is not None:
+        kw["password"] = password
+    return clickhouse_connect.get_client(dsn=dsn, **kw)
+
+
 class ClickHouseSinkFn(SinkFn):
     name = "clickhouse"
 
     def __init__(
-        self, dsn: str, database: str, policy: RetryPolicy | None = None, mode: Mode = "replay"
+        self,
+        dsn: str,
+        database: str,
+        policy: RetryPolicy | None = None,
+        mode: Mode = "replay",
+        password_secret: str = "",
     ) -> None:
         super().__init__(policy or RetryPolicy(), mode=mode)
         self.dsn, self.database = dsn, database
+        # the reference travels in the graph; the password is read on the worker (make_client)
+        self.password_secret = password_secret
 
     def client_key(self) -> tuple:
-        return (self.dsn,)
+        return (self.dsn, self.password_secret)
 
     def make_client(self):
-        import clickhouse_connect
-
-        # clickhouse-connect takes TLS from the port (443/8443) or ``secure``, not from the
-        # scheme: an ``https://`` DSN on another port would otherwise talk plain HTTP
-        tls = {"interface": "https"} if self.dsn.startswith("https://") else {}
-        return clickhouse_connect.get_client(dsn=self.dsn, **tls)
+        password = SecretRef(self.password_secret).text() if self.password_secret else None
+        return clickhouse_client(self.dsn, password)
 
     def connect_fix(self) -> str:
         return (
@@ -247,6 +301,10 @@ class ClickHouseSinkFn(SinkFn):
         return []
 
     def classify(self, exc: BaseException) -> Verdict:
+        if isinstance(exc, SecretError):  # --clickhouse_password_secret cannot be read
+            return Verdict(
+                SINK_FAILURE, exc.code, f"cannot read the password: {exc.code}: {exc.ref}", exc.fix
+            )
         return classify_clickhouse(exc, self.database, self.table, self.dsn)
 
     def exhausted(self, exc: RetriesExhausted) -> Verdict:
