@@ -435,7 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--labels-topic", default="labels")
     sd.add_argument("--spool-dir", default="./predaudit-spool")
     sd.add_argument(
-        "--spool-max-bytes", type=int, default=1 << 30, help="503 above this many unpublished bytes"
+        "--spool-max-bytes",
+        type=int,
+        default=1 << 30,
+        help="503 above this many bytes of spool files on disk; give the volume 1 MiB more",
     )
     sd.add_argument("--fsync", choices=["always", "interval", "never"], default="interval")
     sd.add_argument("--auth-token-file", help="require Authorization: Bearer <token> on /v1/*")
@@ -448,6 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument(
         "--publish-timeout-s", type=float, default=60.0, help="per publish, then backoff and retry"
     )
+    sd.add_argument(
+        "--shutdown-grace-s",
+        type=float,
+        default=5.0,
+        help="on SIGTERM: publish for at most this long, then exit (the rest stays in the spool)",
+    )
+    sd.add_argument(
+        "--idle-timeout-s", type=float, default=15.0, help="close a connection idle (or trickling) this long"
+    )
+    sd.add_argument("--body-timeout-s", type=float, default=10.0, help="408 when a body takes longer")
     sd.set_defaults(func=cmd_sidecar)
 
     rn = sub.add_parser("run", help="the streaming pipeline (predaudit run --help)", add_help=False)

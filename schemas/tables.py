@@ -250,7 +250,12 @@ INTEGRITY = Table(
         _c("row_count", "int", True, "Audit rows (first copies) in the hour."),
         _c("merkle_root", "string", True, "RFC 6962 Merkle tree hash over row_sha256, identity order."),
         _c("leaves", "json", description="[[event_id, row_sha256], ...] in identity order (null if large)."),
-        _c("sequence", "int", True, "Pane index: the highest per (writer, model, version, hour) is the latest."),
+        _c(
+            "sequence",
+            "int",
+            True,
+            "Pane index: the highest per (writer, model, version, hour) is the latest.",
+        ),
         _c("final", "bool", True, "The last pane of the hour (its window closed)."),
         _c("writer", "string", True, "replay:<input glob> or streaming:<subscription>."),
         _c("scheme", "lowcard", True, "Hash scheme version (row-sha256-v1/rfc6962-sha256)."),
@@ -558,13 +563,22 @@ def create_clickhouse_tables(
     written meanwhile lands twice there, with the same ingest time and hash: harmless).
     """
     client.command(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    foreign: set[str] = set()  # tables an operator made with another engine (e.g. Null)
     for t in TABLES.values():
         client.command(clickhouse_ddl(t, database, ttl_days))
+        engine = client.command(
+            f"SELECT engine FROM system.tables WHERE database = '{database}' AND name = '{t.name}'"
+        )
+        if not str(engine).endswith("MergeTree"):  # leave it, and build no side objects on it
+            foreign.add(t.name)
+            continue
         for name, expr in CLICKHOUSE_SKIP_INDEXES.get(t.name, ()):  # tables made before the index
             client.command(f"ALTER TABLE `{database}`.`{t.name}` ADD INDEX IF NOT EXISTS {name} {expr}")
         if t.name in _DEDUP_VIEW_TABLES:  # tables made before the setting (idempotent)
             client.command(f"ALTER TABLE `{database}`.`{t.name}` MODIFY SETTING {_ROW_ID_SETTINGS[2:]}")
     for n in ("predictions", "labels"):
+        if n in foreign:
+            continue
         table = TABLES[n]
         had = client.command(
             f"SELECT count() FROM system.tables WHERE database = '{_sql_str(database)}' AND name = '{n}_copies'"
@@ -577,7 +591,8 @@ def create_clickhouse_tables(
                 f"INSERT INTO `{database}`.`{n}_copies` ({cols}) SELECT {cols} FROM `{database}`.`{n}`"
             )
         client.command(clickhouse_dedup_view_ddl(table, database, replace_views))
-    client.command(clickhouse_accuracy_view_ddl(database, replace_views))
+    if not foreign & {"predictions", "labels"}:
+        client.command(clickhouse_accuracy_view_ddl(database, replace_views))
 
 
 def bigquery_first_copies_function_ddl(table: Table, project: str, dataset: str) -> str:

@@ -127,7 +127,7 @@ def evaluate(
     onset_us = int(onset.timestamp() * 1e6)
     rows = client.query(
         f"SELECT model_version, signal, detector, severity, toUnixTimestamp64Micro(window_start),"
-        f" toUnixTimestamp64Micro(window_end), current FROM `{database}`.anomalies FINAL"
+        f" toUnixTimestamp64Micro(window_end), current FROM `{database}`.anomalies"
     ).result_rows
     results, false_alarms = [], {}
     details: list[tuple] = []

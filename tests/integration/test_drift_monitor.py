@@ -18,6 +18,14 @@ from schemas.tables import create_clickhouse_tables
 SPECS = pathlib.Path(__file__).resolve().parents[2] / "schemas" / "models"
 
 
+def latest(database: str) -> str:
+    """drift_metrics with one row per metric_id: a re-fired (late) window's fullest pane.
+
+    The table is append-only (plain MergeTree), so a window re-fired by late rows has a row per pane.
+    """
+    return f"(SELECT * FROM `{database}`.drift_metrics ORDER BY sample_size DESC LIMIT 1 BY metric_id)"
+
+
 def reference_dir(tmp_path: pathlib.Path, events: int) -> pathlib.Path:
     """A references folder with fraud.json built (by the CLI) from a clean simulated sample."""
     refs, base = tmp_path / "refs", tmp_path / "base.jsonl"
@@ -58,7 +66,7 @@ def test_injected_drift_is_caught_and_the_clean_part_is_silent(
     assert main(["simulate", *args, "--drift-shift", "0.5", "--out", str(stream)], io.StringIO()) == 0
     replay(stream, refs, chdb_path, ch_database)
     metrics = chdb_client.query(
-        f"SELECT signal, toUnixTimestamp(window_start), value, status FROM `{ch_database}`.drift_metrics FINAL WHERE metric = 'psi'"
+        f"SELECT signal, toUnixTimestamp(window_start), value, status FROM {latest(ch_database)} WHERE metric = 'psi'"
     ).result_rows
     start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
     windows = sorted({w for _, w, _, _ in metrics})
@@ -115,7 +123,7 @@ def test_latency_regression_flagged_in_the_first_full_window(
     assert main(["simulate", *args, "--out", str(stream)], io.StringIO()) == 0
     replay(stream, refs, chdb_path, ch_database)
     rates = chdb_client.query(
-        f"SELECT metric, toUnixTimestamp(window_start) % 3600, value, status FROM `{ch_database}`.drift_metrics FINAL "
+        f"SELECT metric, toUnixTimestamp(window_start) % 3600, value, status FROM {latest(ch_database)} "
         "WHERE metric IN ('latency_over_slo', 'error_rate', 'quality_issue_rate', 'count') ORDER BY 2, 1"
     ).result_rows
     by = {(m, w): (v, st) for m, w, v, st in rates}
@@ -139,8 +147,8 @@ def test_a_model_without_reference_is_monitored_after_its_warmup(
     assert main(["simulate", *args, "--out", str(stream)], io.StringIO()) == 0
     replay(stream, None, chdb_path, ch_database, "--monitor_window_s=60")
     rows = chdb_client.query(
-        f"SELECT toUnixTimestamp(window_start), sample_size, status, reference_id FROM `{ch_database}`.drift_metrics"
-        " FINAL WHERE signal = 'amount' AND metric = 'psi' ORDER BY window_start"
+        f"SELECT toUnixTimestamp(window_start), sample_size, status, reference_id FROM {latest(ch_database)}"
+        " WHERE signal = 'amount' AND metric = 'psi' ORDER BY window_start"
     ).result_rows
     start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
     # the first 2,000 events (40 s) are the baseline: the first window holds only the 1,000 after them
@@ -162,8 +170,8 @@ def test_sliding_windows_start_every_period(tmp_path, chdb_path, chdb_client, ch
     assert main(["simulate", "--events", "9000", "--seed", "5", "--out", str(stream)], io.StringIO()) == 0
     replay(stream, refs, chdb_path, ch_database, "--monitor_window_s=60", "--monitor_window_period_s=30")
     rows = chdb_client.query(
-        f"SELECT toUnixTimestamp(window_start), toUnixTimestamp(window_end), value FROM `{ch_database}`.drift_metrics"
-        " FINAL WHERE signal = 'events' ORDER BY window_start"
+        f"SELECT toUnixTimestamp(window_start), toUnixTimestamp(window_end), value FROM {latest(ch_database)}"
+        " WHERE signal = 'events' ORDER BY window_start"
     ).result_rows
     start = int(dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc).timestamp())
     # 9,000 events at 50/s = 180 s: windows of 60 s every 30 s, from -30 s to 150 s

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines.cli import main
 from pipelines.provision import check_clickhouse, provision_command
-from schemas.tables import TABLES
+from schemas.tables import TABLES, clickhouse_side_objects
 from tests.conftest import BQ_PROJECT
 
 VIEWS = {"predictions_dedup", "labels_dedup", "accuracy_full_join"}
@@ -87,7 +87,7 @@ def test_provision_twice_creates_everything_once(
             f"SELECT name FROM system.tables WHERE database = '{database}'"
         ).result_rows
     }
-    assert ch == set(TABLES) | VIEWS
+    assert ch == set(TABLES) | VIEWS | set(clickhouse_side_objects())
     assert check_clickhouse(chdb_client, database) == []
 
 
