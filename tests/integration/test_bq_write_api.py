@@ -166,7 +166,7 @@ def test_a_row_of_the_wrong_type_is_a_dead_letter_and_the_others_land(
     bq_client, tables, write_endpoint
 ) -> None:
     rows = [pred_row(i) for i in range(5)]
-    rows[2] = pred_row(2, prediction_score="high")
+    rows[2] = {**pred_row(2), "prediction_score": "high"}  # after its row hash: a bad value
     dead = drive(sink(tables, write_endpoint, bq_client), rows)
     assert [(d["event_id"], d["error_code"]) for d in dead] == [("evt-000002", "sink_rejected")]
     assert "prediction_score" in dead[0]["error_message"]
