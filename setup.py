@@ -13,6 +13,7 @@ INSTALL_REQUIRES = [
     f"apache-beam[gcp]=={BEAM_VERSION}",
     "google-cloud-pubsub>=2.20",
     "google-cloud-bigquery>=3.20",
+    "google-cloud-secret-manager>=2.20,<3",  # --pii_key_secret, --clickhouse_password_secret
     "clickhouse-connect[chdb]>=1.12",
     "msgspec>=0.19",
     "orjson>=3.10",

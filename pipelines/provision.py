@@ -244,7 +244,7 @@ def clickhouse_plan(database: str) -> list[Step]:
 def connect_clickhouse(dsn: str) -> Any:
     """A clickhouse-connect client, or ProvisionError with one line (bad DSN, unreachable,
     a chDB directory another process holds)."""
-    import clickhouse_connect
+    from transforms.sinks.clickhouse import clickhouse_client
 
     if not re.match(r"^(https?://[^/\s]+|chdb://\S+)", dsn):
         raise ProvisionError(
@@ -257,7 +257,7 @@ def connect_clickhouse(dsn: str) -> Any:
     native = tempfile.TemporaryFile()  # chDB prints its own errors to fd 2: keep them for the message
     try:
         with _stderr_to(native):
-            client = clickhouse_connect.get_client(dsn=dsn)
+            client = clickhouse_client(dsn)  # https:// is TLS on every port
             client.command("SELECT 1")
     except Exception as exc:  # noqa: BLE001 -- any failure to connect is reported as one line
         native.seek(0)
