@@ -178,9 +178,10 @@ class _ValidateBatchFn(_ValidateFn):
         self._next = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
 
     def process(self, batch: list[RawMessage]) -> Iterator[Any]:
-        # one processing-time stamp per batch; message i is stamped i microseconds after it (and
-        # never before the previous batch), so in a file the earlier line is the earlier ingest:
-        # the first copy of an identity, for dedup, is the first line
+        # ingest_time stamp (processing time by definition, never used as event time): one per
+        # batch; message i is stamped i microseconds after it (and never before the previous
+        # batch), so in a file the earlier line is the earlier ingest: the first copy of an
+        # identity, for dedup, is the first line
         start = max(dt.datetime.now(dt.timezone.utc), self._next)
         self._next = start + len(batch) * _US
         rows = []
