@@ -1,4 +1,5 @@
-"""The ``predaudit`` command: validate, simulate, schema, replay, verify, run, provision, demo, sidecar.
+"""The ``predaudit`` command: validate, simulate, schema, replay, verify, run, provision, demo, sidecar,
+alerts, report, spec.
 
 Exit codes: 0 success (all valid / all accounted), 1 invalid input found or something could not
 be written, 2 usage or configuration error (one line, no traceback). Option names are never
@@ -465,7 +466,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     rn = sub.add_parser("run", help="the streaming pipeline (predaudit run --help)", add_help=False)
     rn.set_defaults(func=cmd_run)
+    for name, (_, text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{text} (predaudit {name} --help)", add_help=False)
     return p
+
+
+# Commands whose whole argument list is parsed by their own module's ``main(argv, out) -> int``.
+DELEGATED: dict[str, tuple[str, str]] = {
+    "alerts": ("pipelines.alerts_forward", "forward anomaly events to Alertmanager / a webhook"),
+    "report": ("pipelines.report", "a self-contained HTML report from the audit tables"),
+    "spec": ("schemas.infer", "infer a starting model spec from JSONL prediction events"),
+}
+
+
+def _delegate(args: argparse.Namespace, out: IO[str]) -> int:
+    import importlib
+
+    return importlib.import_module(DELEGATED[args.command][0]).main(args.beam_args, out)
 
 
 def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
@@ -473,6 +490,7 @@ def main(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     own_parser = {"replay": cmd_replay, "run": cmd_run, "verify": cmd_verify}
+    own_parser.update({name: _delegate for name in DELEGATED})
     if argv and argv[0] in own_parser:
         # their options (and --help) are parsed strictly by the command itself
         args = argparse.Namespace(command=argv[0], func=own_parser[argv[0]])

@@ -154,15 +154,21 @@ class Result:
 
 
 def load_config(root: pathlib.Path = ROOT) -> tuple[dict, list[Module], list[Equivalent]]:
-    """Settings, modules and known equivalents from pyproject.toml and tools/mutate_equivalents.toml."""
+    """Settings, modules and known equivalents from pyproject.toml and tools/mutate_equivalents*."""
     conf = toml_loads((root / "pyproject.toml").read_text())["tool"]["predaudit"]["mutate"]
     modules = [Module(**m) for m in conf.pop("module")]
-    eq_file = root / "tools" / "mutate_equivalents.toml"
-    eqs = (
-        [Equivalent(**e) for e in toml_loads(eq_file.read_text()).get("equivalent", [])]
-        if eq_file.exists()
-        else []
-    )
+    # one shared file plus one file per area (tools/mutate_equivalents/*.toml), so that work on
+    # different modules never edits the same file
+    eq_files = [
+        root / "tools" / "mutate_equivalents.toml",
+        *sorted((root / "tools" / "mutate_equivalents").glob("*.toml")),
+    ]
+    eqs = [
+        Equivalent(**e)
+        for f in eq_files
+        if f.exists()
+        for e in toml_loads(f.read_text()).get("equivalent", [])
+    ]
     return conf, modules, eqs
 
 

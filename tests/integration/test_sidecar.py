@@ -505,11 +505,11 @@ def test_sigkill_loses_no_acknowledged_event(bus: Bus, pubsub_emulator, tmp_path
         wait_for(lambda: len(poster.acked) >= 200, what="200 accepted events")
         proxy.close()  # build a backlog in the spool
         wait_for(lambda: len(poster.acked) >= 600, what="600 accepted events")
+        poster.stop()  # before `last`, so the order of 202s is the order of `acked`
         last = prediction(i=10**6)
         r = requests.post(f"http://127.0.0.1:{port}/v1/predictions", data=orjson.dumps(last), timeout=5)
         proc.send_signal(signal.SIGKILL)  # right after the 202: it promised the event is on disk
         proc.wait(10)
-        poster.stop()
         assert r.status_code == 202
         acked = [*poster.acked, last]
         spool_view = Spool(spool, fsync="never")  # the dead sidecar's spool, as the next start sees it
