@@ -204,6 +204,9 @@ def run_demo(
     except (DemoStalled, localstack.ServiceStartError) as exc:
         err.write(f"predaudit demo: error: {exc}; logs in {work}\n")
         return 1
+    except KeyboardInterrupt:  # Ctrl-C: the emulators were stopped by the context manager
+        err.write(f"predaudit demo: interrupted; logs in {work}\n")
+        return 130
     out.write(where_the_data_is(chdb_dir, bq_dir, bq_endpoint, PROJECT, "audit"))
     return 0 if summary["conserved"] else 1
 
@@ -546,7 +549,7 @@ def _print_summary(summary, say, window_s, drift_from, elapsed, sent, held) -> N
         f"  drift windows computed      {summary['windows']} (window {window_s}s; 'amount' shifted by 1 sd from {drift_from:%H:%M:%S})\n"
     )
     for signal, det, sev, stat, _, wend in summary["anomalies"]:
-        say(f"    anomaly: {signal:<18}{det:<6}{sev:<10}statistic {stat:<10}at {wend:%H:%M:%S}\n")
+        say(f"    anomaly: {signal:<18} {det:<9} {sev:<9} statistic {stat:<10} at {wend:%H:%M:%S}\n")
     say(f"  alerts on clean data        {summary['clean_window_alerts']}\n")
     say(f"  processed in {elapsed:.1f}s ({sent / elapsed:.0f} events/s on the DirectRunner)\n")
     for name, h in held.items():

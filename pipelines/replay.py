@@ -1,7 +1,7 @@
 """Replay / backfill: the same validate -> dedup -> sinks chain over JSONL files, in batch.
 
-Idempotent: replaying a file twice leaves one logical row per event_id (insertId /
-dedup token on write, ``*_dedup`` views over what still lands twice).
+Idempotent: replaying a file twice leaves one logical row per identity (model name, event_id):
+insert tokens / Write API streams on write, the first-copy views over what still lands twice.
 """
 
 from __future__ import annotations
