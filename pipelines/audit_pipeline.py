@@ -103,7 +103,10 @@ def streaming_options(argv: Sequence[str]) -> AuditOptions:
 
 def run(argv: Sequence[str] | None = None) -> int:
     opts = streaming_options(sys.argv[1:] if argv is None else argv)
+    from pipelines import logs
     from pipelines.provision import ProvisionError, prepare_sinks, provision_command
+
+    logs.configure(opts.view_as(AuditOptions).log_format)
 
     try:
         sinks = validate(opts, "streaming")

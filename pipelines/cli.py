@@ -309,9 +309,10 @@ def cmd_sidecar(args: argparse.Namespace, out: IO[str]) -> int:
     """The serving sidecar (see sidecar/server.py); runs until SIGTERM/SIGINT."""
     import logging
 
+    from pipelines import logs
     from sidecar.server import Sidecar, config_from_args
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logs.configure(args.log_format, logging.INFO)
     try:
         cfg = config_from_args(args)
         sidecar = Sidecar(cfg)
@@ -462,6 +463,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle-timeout-s", type=float, default=15.0, help="close a connection idle (or trickling) this long"
     )
     sd.add_argument("--body-timeout-s", type=float, default=10.0, help="408 when a body takes longer")
+    sd.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default="text",
+        help="json: one object per line with Cloud Logging's severity and message",
+    )
     sd.set_defaults(func=cmd_sidecar)
 
     rn = sub.add_parser("run", help="the streaming pipeline (predaudit run --help)", add_help=False)

@@ -49,6 +49,16 @@ _OPTIONS: tuple[tuple[str, dict[str, Any], str], ...] = (
         "both",
     ),
     (
+        "--log_format",
+        {
+            "default": "text",
+            "choices": ["text", "json"],
+            "help": "log lines on stderr: text, or json (one object per line with Cloud Logging's "
+            "severity and message, plus model / event_id where they apply)",
+        },
+        "both",
+    ),
+    (
         "--input",
         {"default": "", "help": "replay: JSONL file glob of PredictionEvents (local or gs://, .gz ok)"},
         "replay",

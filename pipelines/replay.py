@@ -23,6 +23,7 @@ import orjson
 from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 
+from pipelines import logs
 from pipelines.common import monitors, publish_anomalies, sink_fns, specs_from
 from pipelines.options import AuditOptions, OptionsError, parse_command_line, validate
 from pipelines.provision import ProvisionError, prepare_sinks, provision_command
@@ -508,6 +509,8 @@ def run(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
     except OptionsError as exc:
         return fail(2, exc)
     opts = AuditOptions(flags)
+    if opts.log_format == "json":
+        logs.configure("json")
     try:
         sinks = validate(opts, "replay")
         redactors(specs_from(opts), PiiKey.from_env())  # a malformed spec or a missing PII key
