@@ -19,7 +19,9 @@ install: $(STAMP)
 demo: install
 	$(BIN)/predaudit demo
 
+# Alertmanager and Chromium (Debian packages) for the alerting and report tests; a no-op when present.
 test: install
+	sh tools/system_deps.sh
 	$(BIN)/python -m pytest
 
 lint: install
