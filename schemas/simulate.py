@@ -65,6 +65,55 @@ class SimLine:
     label: bytes | None = None
 
 
+def rfc3339(t: dt.datetime) -> str:
+    """An aware datetime as the contract's event time text (UTC, milliseconds, ``Z``).
+
+    >>> rfc3339(dt.datetime(2026, 3, 1, 12, 0, 0, 250000, tzinfo=dt.timezone.utc))
+    '2026-03-01T12:00:00.250Z'
+    """
+    return t.astimezone(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def prediction_event(
+    model: str,
+    version: str,
+    event_id: str,
+    t: dt.datetime,
+    features: dict,
+    prediction: dict,
+    latency_ms: float | None,
+    *,
+    request_id: str | None = None,
+    status: str = "ok",
+    host: str | None = None,
+) -> dict:
+    """A PredictionEvent (contract v1) as a dict; one place that knows the envelope.
+
+    >>> ev = prediction_event("m", "v1", "m-000000001", dt.datetime(2026, 3, 1, tzinfo=dt.timezone.utc),
+    ...                       {"a": 1.0}, {"score": 0.5}, 12.345)
+    >>> ev["event_time"], ev["latency_ms"], ev["model"]
+    ('2026-03-01T00:00:00.000Z', 12.35, {'name': 'm', 'version': 'v1'})
+    >>> from schemas import Decoders
+    >>> Decoders().prediction(orjson.dumps(ev))[0].model.name
+    'm'
+    """
+    ev: dict = {
+        "schema_version": "1",
+        "event_id": event_id,
+        "event_time": rfc3339(t),
+        "model": {"name": model, "version": version},
+    }
+    if request_id is not None:
+        ev["request_id"] = request_id
+    ev["features"] = features
+    ev["prediction"] = prediction
+    if latency_ms is not None:
+        ev["latency_ms"] = round(latency_ms, 2)
+    ev["status"] = status
+    ev["metadata"] = {"host": host or f"{model}-pod-0", "region": "europe-west1"}
+    return ev
+
+
 def _numeric_params(lo: float, hi: float) -> tuple[float, float]:
     return lo + (hi - lo) * 0.3, (hi - lo) * 0.08
 
@@ -156,18 +205,18 @@ class Simulator:
             )
         else:
             t = cfg.start + dt.timedelta(seconds=i / cfg.rate_per_s)
-        ev = {
-            "schema_version": "1",
-            "event_id": f"{self.spec.name}-{cfg.seed}-{i:09d}",
-            "event_time": t.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-            "model": {"name": self.spec.name, "version": self.version},
-            "request_id": f"req-{rng.getrandbits(48):012x}",
-            "features": features,
-            "prediction": pred,
-            "latency_ms": round(latency, 2),
-            "status": "ok" if rng.random() > 0.002 else "error",
-            "metadata": {"host": f"{self.spec.name}-pod-{i % 4}", "region": "europe-west1"},
-        }
+        ev = prediction_event(
+            self.spec.name,
+            self.version,
+            f"{self.spec.name}-{cfg.seed}-{i:09d}",
+            t,
+            features,
+            pred,
+            latency,
+            request_id=f"req-{rng.getrandbits(48):012x}",
+            status="ok" if rng.random() > 0.002 else "error",
+            host=f"{self.spec.name}-pod-{i % 4}",
+        )
         return ev, truth
 
     def _spoil(self, features: dict) -> None:
