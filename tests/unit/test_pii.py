@@ -132,3 +132,56 @@ def test_a_misspelt_pii_key_is_redacted_on_every_event_not_only_the_first() -> N
             "a": 1.0,
         }
     assert red.apply({"EMAIL": None, "other": "x"}) == {"EMAIL": None, "other": "x"}
+
+
+def _key_file(tmp_path: pathlib.Path, name: str, key: bytes) -> str:
+    path = tmp_path / name
+    path.write_bytes(key + b"\n")  # as `echo KEY > file` writes it
+    return str(path)
+
+
+def test_a_key_from_a_secret_reference_is_the_stored_value_of_at_least_16_bytes(
+    tmp_path: pathlib.Path,
+) -> None:
+    from transforms.secrets import SecretError
+
+    ref = _key_file(tmp_path, "k16", b"s" * 16)
+    assert PiiKey.from_secret(ref).hash("x") == hmac_of(b"x", b"s" * 16)
+    assert PiiKey.from_secret(f"file://{ref}").hash("x") == hmac_of(b"x", b"s" * 16)
+    short = _key_file(tmp_path, "k15", b"tiny-secret-015")
+    with pytest.raises(SecretError) as info:
+        PiiKey.from_secret(short)
+    err = info.value
+    assert (err.code, err.ref, err.fix) == (
+        "pii_key_too_short",
+        short,
+        "store a PII key of at least 16 bytes",
+    )
+    assert "tiny-secret" not in str(err)  # the one line a user sees never shows the value
+
+
+def test_the_key_source_order_is_reference_then_variable_then_file_then_secret_variable(
+    tmp_path: pathlib.Path,
+) -> None:
+    keys = {name: f"{name}-key-0123456789abcdef".encode() for name in ("arg", "var", "file", "secret")}
+    env = {
+        "PREDAUDIT_PII_KEY": keys["var"].decode(),
+        "PREDAUDIT_PII_KEY_FILE": _key_file(tmp_path, "file", keys["file"]),
+        "PREDAUDIT_PII_KEY_SECRET": _key_file(tmp_path, "secret", keys["secret"]),
+    }
+    arg = _key_file(tmp_path, "arg", keys["arg"])
+
+    def source(environ: dict[str, str], secret: str = "") -> str:
+        key = PiiKey.from_env(environ, secret=secret)
+        assert key is not None
+        return next(name for name, k in keys.items() if key.hash("x") == hmac_of(b"x", k))
+
+    assert source(env, arg) == "arg"
+    assert source(env) == "var"
+    assert source({**env, "PREDAUDIT_PII_KEY": ""}) == "file"
+    assert source({"PREDAUDIT_PII_KEY_SECRET": env["PREDAUDIT_PII_KEY_SECRET"]}) == "secret"
+    assert (
+        source({"PREDAUDIT_PII_KEY_FILE": "", "PREDAUDIT_PII_KEY_SECRET": env["PREDAUDIT_PII_KEY_SECRET"]})
+        == "secret"
+    )
+    assert PiiKey.from_env({"PREDAUDIT_PII_KEY_SECRET": ""}) is None
