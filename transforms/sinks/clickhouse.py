@@ -8,6 +8,7 @@ error code, which both backends expose as ``Error.code`` (HTTP: the
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import logging
 import ssl
 import types
@@ -216,11 +217,20 @@ _log = logging.getLogger(__name__)
 def is_loopback(host: str) -> bool:
     """Whether ``host`` is this machine (plain HTTP cannot be sniffed off the wire there).
 
+    A name that merely starts with ``127.`` (``127.evil.example``) is another machine.
+
     >>> is_loopback("127.0.0.1"), is_loopback("localhost"), is_loopback("ch.example.com")
+    (True, True, False)
+    >>> is_loopback("127.0.0.2"), is_loopback("[::1]"), is_loopback("127.evil.example")
     (True, True, False)
     """
     host = host.strip("[]").lower()
-    return host in _LOOPBACK or host.startswith("127.")
+    if host in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a name, not an address
+        return False
 
 
 def warn_plain_http(dsn: str) -> bool:
