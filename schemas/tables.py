@@ -385,16 +385,17 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
       arrives: the inserted block's identities are looked up in the whole of ``<t>_copies`` by
       its sort key (``merge()`` reads the table itself: inside a materialized view the source
       table's name means the inserted block, which is already committed).
-    - ``<t>_later`` (Set): (identity, ingest_time) of every copy ingested after the identity's
-      earliest ingest time. A copy, once later, stays later. Only fixed-width ingest_time is
-      read besides the identity (payload_sha256 would be 64 bytes a row for every query).
-    - ``<t>_tied``: identities with two copies of one ingest time (same payload written twice
-      in one microsecond, or different payloads): the view orders those by payload_sha256,
-      then insert position (a table, not a Set: an IN subquery on it lets primary-key
-      analysis skip every granule when it is empty).
+    - ``<t>_not_first`` (Set): the insert position (time, ``_block_number``,
+      ``_block_offset``) of every copy that is not its identity's first by
+      (ingest_time, payload_sha256, insert position). Filled when a repeat arrives, from the
+      table itself (``_not_first_select``). A copy, once not first, stays not first (the
+      order is total and fixed), so the set only grows. The position is fixed-width and
+      persisted (``enable_block_number_column``), so the view reads 24 bytes a row more than
+      the table, not the identity's strings; the time column makes it unique where block
+      numbers count per partition (ReplicatedMergeTree).
 
-    >>> [q.split("`")[3] for q in clickhouse_copies_ddl(PREDICTIONS)][:4]
-    ['predictions_copies', 'predictions_repeats', 'predictions_later', 'predictions_tied']
+    >>> [q.split("`")[3] for q in clickhouse_copies_ddl(PREDICTIONS)]
+    ['predictions_copies', 'predictions_repeats', 'predictions_not_first', 'predictions_not_first_mv', 'predictions_repeats_mv', 'predictions_copies_mv']
     """
     db, t = f"`{database}`", table.name
     cols = _copies_columns(table)
@@ -410,8 +411,7 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
         f"(\n{defs(cols, [types[c] for c in cols])}\n)\nENGINE = MergeTree\nORDER BY ({key}){ttl}\n"
         "SETTINGS non_replicated_deduplication_window = 1000"
     )
-    later_cols = [*table.identity, "copy_ingest_time"]
-    later_types = [types[c] for c in (*table.identity, "ingest_time")]
+    pos = [table.time_column, "block_number", "block_offset"]
     whole = f"merge('{_sql_str(database)}', '^{_re_literal(t)}_copies$')"
     on = " AND ".join(f"a.{c} = k.{c}" for c in table.identity)
     return [
@@ -419,15 +419,13 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
         f"COMMENT 'Identity and first-copy order of every {t} row (for {t}_dedup).'",
         f"CREATE TABLE IF NOT EXISTS {db}.`{t}_repeats`\n{side}\n"
         f"COMMENT 'Every copy of a {t} identity written more than once (for {t}_dedup).'",
-        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_later`\n(\n{defs(later_cols, later_types)}\n)\nENGINE = Set",
-        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_tied`\n(\n"
-        f"{defs(list(table.identity), [types[c] for c in table.identity])}\n)\nENGINE = MergeTree\n"
-        f"ORDER BY ({key})",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_later_mv` TO {db}.`{t}_later` AS "
-        f"SELECT {key}, arrayJoin(arrayPopFront(arraySort(groupUniqArray(ingest_time)))) AS copy_ingest_time "
-        f"FROM {db}.`{t}_repeats` GROUP BY {key}",
-        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_tied_mv` TO {db}.`{t}_tied` AS "
-        f"SELECT DISTINCT {key} FROM {db}.`{t}_repeats` GROUP BY {key}, ingest_time HAVING count() > 1",
+        f"CREATE TABLE IF NOT EXISTS {db}.`{t}_not_first`\n(\n"
+        f"{defs(pos, [types[table.time_column], 'UInt64', 'UInt64'])}\n)\nENGINE = Set",
+        f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_not_first_mv` TO {db}.`{t}_not_first` AS "
+        f"SELECT {', '.join(f'p.{c} AS {c}' for c in pos)} "
+        f"FROM (SELECT DISTINCT {key} FROM {db}.`{t}_repeats`) AS k INNER JOIN ("
+        f"{_not_first_select(table, database, f'{db}.`{t}_repeats`')}) AS p ON "
+        + " AND ".join(f"p.{c} = k.{c}" for c in table.identity),
         f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.`{t}_repeats_mv` TO {db}.`{t}_repeats` AS "
         f"SELECT {', '.join(f'a.{c} AS {c}' for c in cols)} "
         f"FROM (SELECT DISTINCT {key} FROM {db}.`{t}_copies`) AS k INNER JOIN (SELECT {sel} FROM {whole} "
@@ -438,47 +436,64 @@ def clickhouse_copies_ddl(table: Table, database: str = "audit", ttl_days: int =
     ]
 
 
-DEDUP_SIDE_SUFFIXES = ("copies", "repeats", "later", "tied", "later_mv", "tied_mv", "repeats_mv", "copies_mv")
+def _not_first_select(table: Table, database: str, identities: str) -> str:
+    """(identity, time, block_number, block_offset) of every copy of the identities in the
+    table ``identities`` that is not the first, read from the table itself.
+
+    Each identity column is also matched on its own, so a bloom-filter skip index on it
+    (``idx_event_id``) prunes granules even where the identity is not a sort-key prefix.
+    """
+    key = ", ".join(table.identity)
+    first = ", ".join(_FIRST_BY)
+    src = f"merge('{_sql_str(database)}', '^{_re_literal(table.name)}$')"
+    where = " AND ".join(
+        [f"({key}) IN (SELECT {key} FROM {identities})"]
+        + [f"{c} IN (SELECT {c} FROM {identities})" for c in table.identity if len(table.identity) > 1]
+    )
+    return (
+        f"SELECT {key}, x.5 AS {table.time_column}, x.3 AS block_number, x.4 AS block_offset FROM ("
+        f"SELECT {key}, arrayJoin(arrayPopFront(arraySort(groupArray(({first}, _block_number, "
+        f"_block_offset, {table.time_column}))))) AS x FROM {src} WHERE {where} GROUP BY {key})"
+    )
+
+
+#: side objects of the design before ``<t>_not_first`` (dropped by create_clickhouse_tables: derived data)
+_LEGACY_SIDE_SUFFIXES = ("later_mv", "tied_mv", "later", "tied")
+DEDUP_SIDE_SUFFIXES = ("copies", "repeats", "not_first", "not_first_mv", "repeats_mv", "copies_mv")
 
 
 def clickhouse_side_objects() -> list[str]:
     """Names of the side tables and materialized views ``create_clickhouse_tables`` adds.
 
-    >>> clickhouse_side_objects()[:2]
-    ['predictions_copies', 'predictions_repeats']
+    >>> clickhouse_side_objects()[:3]
+    ['predictions_copies', 'predictions_repeats', 'predictions_not_first']
     """
     return [f"{n}_{s}" for n in ("predictions", "labels") for s in DEDUP_SIDE_SUFFIXES]
 
 
 def clickhouse_dedup_view_ddl(table: Table, database: str = "audit", replace: bool = False) -> str:
-    """The first copy by (ingest_time, payload_sha256) per identity, as a filter on the table.
+    """The first copy by (ingest_time, payload_sha256, insert position) per identity, as a
+    filter on the table.
 
-    Every row passes except the copies in the ``<t>_later`` set (see
-    ``clickhouse_copies_ddl``), so an analyst's WHERE is pushed into the table scan and uses
-    the sort key, partitions and skip indexes (a ``LIMIT 1 BY`` view sorted the whole table
-    first). ``identity()`` keeps the anti-joins out of primary-key analysis. Copies of an
-    identity in ``<t>_tied`` that share the earliest ingest time (e.g. a batch re-sent under
-    another insert token) are ordered by payload_sha256, then by the row's persisted
-    ``_block_number`` and ``_block_offset`` (stable across merges): all but the first are
-    dropped, looked up by identity (nothing is read while ``<t>_tied`` is empty). One branch, no UNION: a UNION
-    ALL branch alone cost as much as the point lookup it wrapped.
+    Every row passes except those whose insert position is in the ``<t>_not_first`` set
+    (see ``clickhouse_copies_ddl``), so an analyst's WHERE is pushed into the table scan and
+    uses the sort key, partitions and skip indexes (a ``LIMIT 1 BY`` view sorted the whole
+    table first). One Set lookup on three fixed-width columns, no subquery and no UNION:
+    the view costs a plain ``SELECT *`` view's planning plus that lookup (a subquery for
+    copies sharing an ingest time cost as much as the point lookup it wrapped).
+    ``identity()`` keeps the anti-join out of primary-key analysis. Copies sharing the
+    earliest ingest time (e.g. a batch re-sent under another insert token) are ordered by
+    payload_sha256, then by the row's persisted ``_block_number`` and ``_block_offset``.
 
-    >>> "NOT IN `audit`.`predictions_later`" in clickhouse_dedup_view_ddl(PREDICTIONS)
+    >>> "NOT IN `audit`.`predictions_not_first`" in clickhouse_dedup_view_ddl(PREDICTIONS)
     True
     """
     create = "CREATE OR REPLACE VIEW" if replace else "CREATE VIEW IF NOT EXISTS"
     db, t = f"`{database}`", table.name
-    key, first = ", ".join(table.identity), ", ".join(_FIRST_BY)
-    key_expr = f"({key})" if len(table.identity) > 1 else key
-    tied_later = (
-        f"SELECT {key}, x.3, x.4 FROM (SELECT {key}, arrayJoin(arrayPopFront(arraySort(groupArray(("
-        f"{first}, _block_number, _block_offset))))) AS x FROM {db}.`{t}` "
-        f"WHERE {key_expr} IN (SELECT {key} FROM {db}.`{t}_tied`) GROUP BY {key})"
-    )
     return (
         f"{create} {db}.`{t}_dedup` AS "
-        f"SELECT * FROM {db}.`{t}` WHERE identity(({key}, ingest_time)) NOT IN {db}.`{t}_later` "
-        f"AND identity(({key}, _block_number, _block_offset)) NOT IN ({tied_later})"
+        f"SELECT * FROM {db}.`{t}` WHERE identity(({table.time_column}, _block_number, _block_offset)) "
+        f"NOT IN {db}.`{t}_not_first`"
     )
 
 
@@ -580,15 +595,33 @@ def create_clickhouse_tables(
         if n in foreign:
             continue
         table = TABLES[n]
-        had = client.command(
-            f"SELECT count() FROM system.tables WHERE database = '{_sql_str(database)}' AND name = '{n}_copies'"
-        )
+
+        def exists(name: str) -> bool:
+            return bool(
+                int(
+                    client.command(
+                        f"SELECT count() FROM system.tables WHERE database = '{_sql_str(database)}' "
+                        f"AND name = '{_sql_str(name)}'"
+                    )
+                )
+            )
+
+        had_copies, had_not_first = exists(f"{n}_copies"), exists(f"{n}_not_first")
+        for suffix in _LEGACY_SIDE_SUFFIXES:  # derived data of the previous view design
+            client.command(f"DROP TABLE IF EXISTS `{database}`.`{n}_{suffix}`")
         for q in clickhouse_copies_ddl(table, database, ttl_days):
             client.command(q)
-        if not int(had):
+        if not had_copies:  # fills <t>_repeats and <t>_not_first too, through their views
             cols = ", ".join(_copies_columns(table))
             client.command(
                 f"INSERT INTO `{database}`.`{n}_copies` ({cols}) SELECT {cols} FROM `{database}`.`{n}`"
+            )
+        elif not had_not_first:  # side tables of the previous design: compute the set once
+            key = ", ".join(table.identity)
+            repeated = f"(SELECT {key} FROM `{database}`.`{n}_copies` GROUP BY {key} HAVING count() > 1)"
+            client.command(
+                f"INSERT INTO `{database}`.`{n}_not_first` SELECT {table.time_column}, block_number, "
+                f"block_offset FROM ({_not_first_select(table, database, repeated)})"
             )
         client.command(clickhouse_dedup_view_ddl(table, database, replace_views))
     if not foreign & {"predictions", "labels"}:

@@ -284,7 +284,7 @@ def test_dedup_views_return_the_first_copy_in_both_engines(
 def test_clickhouse_side_tables_backfill_existing_rows(chdb_client, ch_database) -> None:
     """A database made before the side tables: provisioning fills them from the rows there."""
     create_clickhouse_tables(chdb_client, ch_database)
-    for name in ("copies_mv", "repeats_mv", "later_mv", "tied_mv", "copies", "repeats", "later", "tied"):
+    for name in ("copies_mv", "repeats_mv", "not_first_mv", "copies", "repeats", "not_first"):
         chdb_client.command(f"DROP TABLE `{ch_database}`.`predictions_{name}`")
     chdb_client.command(f"DROP VIEW `{ch_database}`.`predictions_dedup`")
     _insert_ch(chdb_client, ch_database, COPY_BATCHES, prefix="old")
@@ -294,6 +294,26 @@ def test_clickhouse_side_tables_backfill_existing_rows(chdb_client, ch_database)
     assert _ch_view(chdb_client, ch_database, "WHERE event_id = 'e1' AND model_name = 'churn'") == [
         ("churn", "e1", "c1-earlier")
     ]
+
+
+def test_clickhouse_not_first_set_is_computed_once_on_upgrade(chdb_client, ch_database) -> None:
+    """A database of the previous view design (copies kept, later/tied side objects, no
+    ``<t>_not_first``): provisioning drops the old derived objects and computes the set from
+    the rows, and later copies keep it current."""
+    create_clickhouse_tables(chdb_client, ch_database)
+    for name in ("not_first_mv", "not_first"):
+        chdb_client.command(f"DROP TABLE `{ch_database}`.`predictions_{name}`")
+    chdb_client.command(f"DROP VIEW `{ch_database}`.`predictions_dedup`")
+    chdb_client.command(f"CREATE TABLE `{ch_database}`.predictions_later (k String) ENGINE = Set")
+    _insert_ch(chdb_client, ch_database, COPY_BATCHES, prefix="old")
+    create_clickhouse_tables(chdb_client, ch_database, replace_views=True)
+    names = {r[0] for r in chdb_client.query(f"SHOW TABLES FROM `{ch_database}`").result_rows}
+    assert "predictions_later" not in names and "predictions_not_first" in names
+    assert _ch_view(chdb_client, ch_database, "") == FIRST_COPIES
+    # 10 rows, 5 identities: 5 positions in the set
+    assert chdb_client.command(f"SELECT count() FROM `{ch_database}`.predictions_not_first") == 5
+    _insert_ch(chdb_client, ch_database, [[_copy("fraud", "e2", 0, "f2-earlier", "no", 1.0)]], prefix="new")
+    assert _ch_view(chdb_client, ch_database, "WHERE event_id = 'e2'") == [("fraud", "e2", "f2-earlier")]
 
 
 def test_clickhouse_view_lookups_read_what_the_table_reads(chdb_client, ch_database) -> None:
@@ -320,8 +340,8 @@ def test_clickhouse_view_lookups_read_what_the_table_reads(chdb_client, ch_datab
     ):
         raw = rows_read(f"SELECT * FROM `{ch_database}`.predictions WHERE {where}")
         view = rows_read(f"SELECT * FROM `{ch_database}`.predictions_dedup WHERE {where}")
-        # a granule or two, plus the few granules holding tied identities (the LIMIT 1 BY branch);
-        # not the 60k rows a view that sorts the table first reads
+        # a granule or two (the view filters the same granules by insert position); not the
+        # 60k rows a view that sorts the table first reads
         assert raw <= 2 * 8192 and view <= raw + 2 * 8192, (where, raw, view)
     got = chdb_client.query(
         f"SELECT event_id, request_id FROM `{ch_database}`.predictions_dedup WHERE request_id = 'r4242'"
