@@ -13,10 +13,10 @@ Same name, scale and seed -> same events, byte for byte.
 
 >>> sc = build("shift_0.25sd", scale=0.05)
 >>> sc.truths[0].feature, sc.truths[0].onset_index, sc.window_s
-('f03', 4500, 300)
+('f03', 15000, 300)
 >>> evs = list(sc.events())
->>> len(evs), evs[0]["model"]["name"], evs[4500]["event_time"]
-(7500, 'sc_shift', '2026-03-01T00:01:30.000Z')
+>>> len(evs), evs[0]["model"]["name"], evs[15000]["event_time"]
+(30000, 'sc_shift', '2026-03-01T00:05:00.000Z')
 >>> [e["event_id"] for e in evs[:1]] == [e["event_id"] for e in build("shift_0.25sd", scale=0.05).events()][:1]
 True
 """
@@ -297,6 +297,17 @@ def _ref(scale: float) -> int:
     return max(int(30_000 * scale), 5_000)
 
 
+def _w(x: float, scale: float, rate: float = 50.0, window_s: int = 300) -> int:
+    """``x * scale`` events rounded to whole windows (at least one): changes start, and
+    streams end, on a window boundary (a partial last window would look like a traffic drop).
+
+    >>> _w(90_000, 0.05), _w(90_000, 1.0), _w(14_400, 0.5, 20 / 60)
+    (15000, 90000, 7200)
+    """
+    per = int(round(rate * window_s))
+    return max(int(round(x * scale / per)), 1) * per
+
+
 def _n(x: float, scale: float, least: int = 1) -> int:
     return max(int(round(x * scale)), least)
 
@@ -318,7 +329,7 @@ def stationary_wide(scale: float = 1.0, seed: int = 11) -> Scenario:
         FeatureGen("opt_g", "gauss", 5.0, 2.0, optional=True, null_rate=0.05),
         FeatureGen("opt_ln", "lognormal", 1.0, 1.0, optional=True, null_rate=0.05),
     )
-    plan = ModelPlan("sc_wide", feats, _n(150_000, scale), 50.0, seed, _ref(scale))
+    plan = ModelPlan("sc_wide", feats, _w(150_000, scale), 50.0, seed, _ref(scale))
     return Scenario("stationary, 34 features (lognormal, Poisson)", (plan,), "0 false alarms", "quiet")
 
 
@@ -334,19 +345,24 @@ def daily_cycle(scale: float = 1.0, seed: int = 12) -> Scenario:
 
 def ramp(scale: float = 1.0, seed: int = 13) -> Scenario:
     """+1 sd linear ramp over 60,000 events on one of 6 features (50/s), after 45,000 stationary."""
-    onset, length = _n(45_000, scale), _n(60_000, scale)
+    onset, length = _w(45_000, scale), _w(60_000, scale)
     feats = _gauss(6, "f")
-    plan = ModelPlan("sc_ramp", feats, onset + length + _n(15_000, scale), 50.0, seed, _ref(scale),
+    plan = ModelPlan("sc_ramp", feats, onset + length + _w(15_000, scale), 50.0, seed, _ref(scale),
                      Drift("ramp", "f02", onset, 1.0, length))  # fmt: skip
-    return Scenario("ramp +1 sd over 60k events", (plan,), "<= 20,000 events after onset", "detect",
-                    max_events=_n(20_000, scale))  # fmt: skip
+    return Scenario(
+        "ramp +1 sd over 60k events",
+        (plan,),
+        "<= 20,000 events after onset",
+        "detect",
+        max_events=length // 3,  # 20,000 of the 60,000 ramp events
+    )
 
 
 def shift_quarter_sd(scale: float = 1.0, seed: int = 14) -> Scenario:
     """A 0.25 sd step on one of 10 features at 15,000 events per 300 s window (50/s):
     6 stationary windows, then 4 changed ones (``scale`` scales the counts, not the rate)."""
-    onset = _n(90_000, scale)
-    plan = ModelPlan("sc_shift", _gauss(10, "f"), onset + _n(60_000, scale), 50.0, seed, _ref(scale),
+    onset = _w(90_000, scale)
+    plan = ModelPlan("sc_shift", _gauss(10, "f"), onset + _w(60_000, scale), 50.0, seed, _ref(scale),
                      Drift("step", "f03", onset, 0.25))  # fmt: skip
     return Scenario("shift 0.25 sd, 15k events/window", (plan,), "<= 2 windows", "detect", max_windows=2)
 
@@ -354,8 +370,8 @@ def shift_quarter_sd(scale: float = 1.0, seed: int = 14) -> Scenario:
 def low_traffic(scale: float = 1.0, seed: int = 15) -> Scenario:
     """20 events per minute, a 1 sd step on one of 5 features after 12 h (then 12 h more)."""
     rate = 20 / 60
-    onset = _n(12 * 3600 * rate, scale)
-    plan = ModelPlan("sc_lowtraffic", _gauss(5, "f"), onset + _n(12 * 3600 * rate, scale), rate, seed, _ref(scale),
+    onset = _w(12 * 3600 * rate, scale, rate)
+    plan = ModelPlan("sc_lowtraffic", _gauss(5, "f"), onset + _w(12 * 3600 * rate, scale, rate), rate, seed, _ref(scale),
                      Drift("step", "f01", onset, 1.0))  # fmt: skip
     return Scenario(
         "20 events/min, 1 sd step", (plan,), "<= 6 h of event time", "detect", max_seconds=6 * 3600
@@ -364,9 +380,9 @@ def low_traffic(scale: float = 1.0, seed: int = 15) -> Scenario:
 
 def optional_nulls(scale: float = 1.0, seed: int = 16) -> Scenario:
     """An optional feature (2 % null in the reference) turning null in 30 % of events (50/s)."""
-    onset = _n(45_000, scale)
+    onset = _w(45_000, scale)
     feats = (*_gauss(5, "f"), FeatureGen("opt", "gauss", 3.0, 1.0, optional=True, null_rate=0.02))
-    plan = ModelPlan("sc_nulls", feats, onset + _n(30_000, scale), 50.0, seed, _ref(scale),
+    plan = ModelPlan("sc_nulls", feats, onset + _w(30_000, scale), 50.0, seed, _ref(scale),
                      Drift("nulls", "opt", onset, 0.30))  # fmt: skip
     return Scenario("optional feature 30 % null", (plan,), "<= 1 window", "detect", max_windows=1)
 
@@ -374,8 +390,8 @@ def optional_nulls(scale: float = 1.0, seed: int = 16) -> Scenario:
 def two_models(scale: float = 1.0, seed: int = 17) -> Scenario:
     """Two models interleaved at 25/s each; only ``sc_pair_b`` shifts (0.5 sd on f01).
     ``sc_pair_a`` must stay quiet: its alerts count as false alarms."""
-    onset = _n(45_000, scale)
-    total = onset + _n(30_000, scale)
+    onset = _w(45_000, scale, 25.0)
+    total = onset + _w(30_000, scale, 25.0)
     a = ModelPlan("sc_pair_a", _gauss(6, "f"), total, 25.0, seed, _ref(scale))
     b = ModelPlan(
         "sc_pair_b", _gauss(6, "f"), total, 25.0, seed + 1, _ref(scale), Drift("step", "f01", onset, 0.5)
@@ -386,10 +402,10 @@ def two_models(scale: float = 1.0, seed: int = 17) -> Scenario:
 def no_spec(scale: float = 1.0, seed: int = 18) -> Scenario:
     """A model with no spec and no reference (numeric, categorical, boolean features); a 1 sd
     step on ``f02`` after 30,000 events (50/s)."""
-    onset = _n(30_000, scale)
+    onset = _w(30_000, scale)
     feats = (*_gauss(4, "f"), FeatureGen("kind", "categorical", categories=("a", "b", "c")),
              FeatureGen("flag", "boolean", 0.4))  # fmt: skip
-    plan = ModelPlan("sc_nospec", feats, onset + _n(30_000, scale), 50.0, seed, 0,
+    plan = ModelPlan("sc_nospec", feats, onset + _w(30_000, scale), 50.0, seed, 0,
                      Drift("step", "f02", onset, 1.0), has_spec=False)  # fmt: skip
     return Scenario("model without a spec, 1 sd step", (plan,), "drift caught", "detect")
 
