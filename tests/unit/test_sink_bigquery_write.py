@@ -506,3 +506,22 @@ def test_the_unreachable_line_names_the_endpoint_in_use() -> None:
     )
     assert BigQuerySinkFn("p", "d", "e", write_endpoint="g").client_key() == ("p", "e", "g")
     assert BigQuerySinkFn("p", "d").parent("labels") == "projects/p/datasets/d/tables/labels"
+
+
+def test_the_sink_classifies_with_its_own_table_project_dataset_and_endpoint() -> None:
+    fn = BigQuerySinkFn("proj", "ds", "http://e:1").for_table("labels", 10)
+    nf = fn.classify(gexc.NotFound("no table"))
+    assert (nf.code, nf.fix) == (
+        "not_found",
+        "run `predaudit provision --sinks bigquery --bq_project proj --bq_dataset ds --bq_endpoint http://e:1"
+        " --pubsub off` (or replay without --no_create_tables)",
+    )
+    assert fn.classify(KeyError("k")).fix == "unexpected error writing proj.ds.labels; see the log"
+    try:
+        raise AppendFailed("gone") from status_exception(5, "Table proj:ds.labels not found")
+    except AppendFailed as exc:
+        assert fn.classify(exc).code == "not_found"
+    forbidden = gexc.Forbidden("quota", errors=[{"message": "no reason key"}])
+    assert fn.classify(forbidden).code == "access_denied"
+    limited = gexc.Forbidden("quota", errors=[{"reason": "quotaExceeded"}, "not a dict"])
+    assert fn.classify(limited).kind == TRANSIENT

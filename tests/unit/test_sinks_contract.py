@@ -674,3 +674,22 @@ def test_the_clickhouse_sink_names_its_table_by_database() -> None:
         "",
     )
     assert fn.client_key() == ("chdb:///tmp/x", "")
+
+
+def test_exhausted_retries_are_a_sink_failure_verdict_with_the_reachability_fix() -> None:
+    from transforms.sinks.clickhouse import ClickHouseSinkFn
+
+    exc = RetriesExhausted(4, TimeoutError("slow"))
+    assert MemorySink("x").exhausted(exc) == Verdict(
+        SINK_FAILURE,
+        "unreachable",
+        "gave up after 4 attempts: TimeoutError: slow",
+        "check that memory is reachable",
+    )
+    assert ClickHouseSinkFn("https://u:pw@h:8443", "audit").exhausted(exc) == Verdict(
+        SINK_FAILURE,
+        "unreachable",
+        "gave up after 4 attempts: TimeoutError: slow",
+        "check that ClickHouse at https://u@h:8443 is up and reachable",
+    )
+    assert MemorySink("x").is_transient(ConnectionError()) and not MemorySink("x").is_transient(SinkDown())
