@@ -28,6 +28,7 @@ from schemas.specs import ModelSpec, PiiKey, QualityChecker, name_key, redactors
 from transforms.deadletters import PAYLOAD_MODES, PayloadRedactor, RawMessage, dead_letter
 from transforms.metrics import counter
 from transforms.rows import label_row, prediction_row
+from transforms.secrets import check_ref
 
 DEAD_LETTERS = "dead_letters"
 _US = dt.timedelta(microseconds=1)
@@ -61,6 +62,7 @@ class _ValidateFn(beam.DoFn):
         specs: Mapping[str, ModelSpec],
         check_time_bounds: bool,
         payload_mode: str = "redacted",
+        pii_key_secret: str = "",
     ) -> None:
         self.kind, self.limits, self.specs, self.check_time_bounds = (
             kind,
@@ -69,12 +71,14 @@ class _ValidateFn(beam.DoFn):
             check_time_bounds,
         )
         self.payload_mode = payload_mode
+        self.pii_key_secret = pii_key_secret  # a reference (pickles as text), never the key
 
     def setup(self) -> None:
         self.decoders = Decoders(self.limits)  # msgspec decoders are not picklable
         self.checkers = {name: QualityChecker(spec) for name, spec in self.specs.items()}
-        # the PII key comes from the worker's environment, never from the pickled graph
-        key = PiiKey.from_env()
+        # the PII key is resolved here, on the worker, from --pii_key_secret (Secret Manager or
+        # a file) or the worker's environment: never carried in the pickled graph
+        key = PiiKey.from_env(secret=self.pii_key_secret)
         self.redactors = redactors(self.specs, key)
         self.payload_redactor = PayloadRedactor(self.specs, key)
         self._spelling = {name_key(n): n for n in self.specs}
@@ -197,6 +201,29 @@ class _ValidateBatchFn(_ValidateFn):
             yield rows
 
 
+#: stands in for a key that the workers resolve from a secret: checks the specs, hashes nothing
+_WORKER_KEY = PiiKey(b"resolved-on-the-workers")
+
+
+def check_pii_key(specs: Mapping[str, ModelSpec], pii_key_secret: str = "") -> None:
+    """Fail where the pipeline is built when the specs need a PII key that no one will have.
+
+    With ``pii_key_secret`` (``--pii_key_secret``) only the reference's form is checked: the
+    launcher need not be able to read the secret (the workers' service account can); else the
+    key must be in this process's environment (``PiiKey.from_env``). ``SpecError`` for a spec
+    that hashes without a key, ``transforms.secrets.SecretError`` for a malformed reference.
+
+    >>> from schemas.specs import parse_spec
+    >>> specs = {"m": parse_spec("name: m\\nfeatures: [{name: email, type: text, pii: hash}]")}
+    >>> check_pii_key(specs, "projects/p/secrets/pii/versions/1")  # resolved later, on the workers
+    """
+    if pii_key_secret:
+        check_ref(pii_key_secret)
+        redactors(specs, _WORKER_KEY)
+    else:
+        redactors(specs, PiiKey.from_env())
+
+
 class ValidateEvents(beam.PTransform):
     """RawMessage -> audit rows; ``result[DEAD_LETTERS]`` holds the dead letters.
 
@@ -212,6 +239,7 @@ class ValidateEvents(beam.PTransform):
         check_time_bounds: bool = True,
         batched: bool = False,
         dead_letter_payload: str = "redacted",
+        pii_key_secret: str = "",
     ) -> None:
         super().__init__()
         if kind not in ("prediction", "label"):
@@ -221,9 +249,11 @@ class ValidateEvents(beam.PTransform):
                 f"dead_letter_payload must be one of {PAYLOAD_MODES}, not {dead_letter_payload!r}"
             )
         specs = dict(specs or {})
-        redactors(specs, PiiKey.from_env())  # fail at graph construction when a PII key is missing
+        check_pii_key(specs, pii_key_secret)  # fail at graph construction when a PII key is missing
         cls = _ValidateBatchFn if batched else _ValidateFn
-        self._fn = cls(kind, limits or Limits(), specs, check_time_bounds, dead_letter_payload)
+        self._fn = cls(
+            kind, limits or Limits(), specs, check_time_bounds, dead_letter_payload, pii_key_secret
+        )
 
     def expand(self, messages: beam.PCollection) -> pvalue.DoOutputsTuple:
         return messages | beam.ParDo(self._fn).with_outputs(DEAD_LETTERS, main="rows")

@@ -18,6 +18,7 @@ import threading
 import types
 from collections.abc import Iterator
 
+import orjson
 import pytest
 
 from schemas.specs import PII_KEY_SECRET_ENV, PiiKey
@@ -247,3 +248,63 @@ def test_an_unreadable_password_secret_stops_replay_as_a_sink_failure(tmp_path) 
     failure = find_sink_failure(info.value)
     assert failure is not None and failure.code == "secret_file_missing"
     assert missing in failure.reason and failure.fix == "create the file or fix the path"
+
+
+# -- --pii_key_secret in ValidateEvents ---------------------------------------------------------
+_PII_SPEC = "name: fraud\nfeatures: [{name: country, type: text, pii: hash}]"
+
+
+def _no_env_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("PREDAUDIT_PII_KEY", "PREDAUDIT_PII_KEY_FILE", PII_KEY_SECRET_ENV):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_validate_events_resolves_pii_key_secret_on_the_worker(fake_sm, monkeypatch) -> None:
+    """``--pii_key_secret`` alone (no environment key): the graph holds the reference, the
+    DoFn's setup resolves it through Secret Manager, and the rows' PII is hashed with it."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from schemas.specs import parse_spec
+    from tests.helpers import event, raw
+    from transforms.deadletters import RawMessage
+    from transforms.validate import ValidateEvents
+
+    _no_env_key(monkeypatch)
+    validate = ValidateEvents("prediction", specs={"fraud": parse_spec(_PII_SPEC)}, pii_key_secret=REF)
+    assert fake_sm.calls == []  # nothing resolved where the graph is built
+    assert VALUE not in pickle.dumps(validate._fn)
+    with TestPipeline() as p:
+        rows = (p | beam.Create([RawMessage(raw(event()), {})]) | validate).rows | beam.Map(
+            lambda r: orjson.loads(r["features"])["country"]
+        )
+        assert_that(rows, equal_to([PiiKey(VALUE).hash("DE")]))
+    assert fake_sm.calls == [REF]  # resolved on the worker, once per process
+
+
+def test_validate_events_without_any_key_fails_at_graph_construction(monkeypatch) -> None:
+    from schemas.specs import SpecError, parse_spec
+    from transforms.validate import ValidateEvents
+
+    _no_env_key(monkeypatch)
+    with pytest.raises(SpecError):
+        ValidateEvents("prediction", specs={"fraud": parse_spec(_PII_SPEC)})
+    with pytest.raises(SecretError) as info:
+        ValidateEvents(
+            "prediction", specs={"fraud": parse_spec(_PII_SPEC)}, pii_key_secret="projects/p/secrets/s"
+        )
+    assert info.value.code == "bad_secret_ref"
+
+
+def test_an_unreadable_pii_key_secret_fails_the_worker_setup_with_one_line(tmp_path, monkeypatch) -> None:
+    from schemas.specs import parse_spec
+    from transforms.validate import ValidateEvents
+
+    _no_env_key(monkeypatch)
+    fn = ValidateEvents(
+        "prediction", specs={"fraud": parse_spec(_PII_SPEC)}, pii_key_secret=str(tmp_path / "absent")
+    )._fn
+    with pytest.raises(SecretError) as info:
+        pickle.loads(pickle.dumps(fn)).setup()
+    assert info.value.code == "secret_file_missing"
