@@ -11,6 +11,7 @@ import argparse
 import json
 import pathlib
 import re
+import subprocess
 
 import pytest
 
@@ -149,7 +150,22 @@ def test_beam_is_pinned_once() -> None:
     assert {p.name for p in dockerfiles} >= {"Dockerfile", "worker.Dockerfile", "sidecar.Dockerfile"}
     for path in [*dockerfiles, ROOT / "Makefile"]:
         assert not re.search(r"apache[-_]beam\s*[=<>~]", path.read_text(), re.I), f"{path} pins Beam again"
-    assert (
-        "FLEX_TEMPLATE_PYTHON_SETUP_FILE=/template/setup.py"
-        in (ROOT / "templates" / "Dockerfile").read_text()
+    # the worker image is Beam's SDK image of exactly that version (a build argument, no default)
+    worker = (ROOT / "templates" / "worker.Dockerfile").read_text()
+    assert re.search(r"^ARG BEAM_VERSION$", worker, re.M)
+    assert re.search(r"^FROM apache/beam_python3\.11_sdk:\$\{BEAM_VERSION\}$", worker, re.M)
+    assert ".[pipeline]" in worker
+    # the launcher is the worker image + Google's launcher binary of the same Python; it stages
+    # no setup.py (workers get the package from the worker image)
+    launcher = (ROOT / "templates" / "Dockerfile").read_text()
+    assert re.search(r"^FROM \$\{WORKER_IMAGE\}$", launcher, re.M)
+    assert "python311-template-launcher-base" in launcher
+    assert not re.search(r"^ENV .*FLEX_TEMPLATE_PYTHON_SETUP_FILE", launcher, re.M)
+    # the build takes the version from setup.py
+    commands = (ROOT / "templates" / "deploy_commands.sh").read_text()
+    (line,) = [ln for ln in commands.splitlines() if ln.startswith("BEAM_VERSION=")]
+    r = subprocess.run(
+        ["bash", "-c", f'{line}\nprintf %s "$BEAM_VERSION"'], cwd=ROOT, capture_output=True, text=True
     )
+    assert r.stdout == pins[0], r.stderr
+    assert "_BEAM_VERSION=$BEAM_VERSION" in commands
