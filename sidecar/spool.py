@@ -112,23 +112,28 @@ def frame(kind: str, key: str, data: bytes, attributes: dict[str, str], accepted
 def parse_frames(buf: bytes, base: int, segment: int) -> tuple[list[Record], int]:
     """Whole records in ``buf`` (which starts at file offset ``base``) and bytes consumed.
 
-    A record cut short at the end is left for later (it is still being written, or torn).
-    A complete record with a bad checksum raises SpoolCorrupt.
+    A record cut short at the end is left for later (it is still being written, or torn), and
+    so is a zero length: no record is empty, so that is a zero-filled tail (what a power loss
+    leaves of a file extended but not yet written). A complete record with a bad checksum, or
+    a body that is not a record, raises SpoolCorrupt.
     """
     out: list[Record] = []
     pos, n = 0, len(buf)
     while n - pos >= _HEADER.size:
         length, crc = _HEADER.unpack_from(buf, pos)
         start = pos + _HEADER.size
-        if n - start < length:
+        if n - start < length or not length:
             break
         body = buf[start : start + length]
-        if zlib.crc32(body) != crc:
+        try:
+            if zlib.crc32(body) != crc:
+                raise ValueError("bad checksum")
+            kind, key, data, attrs, ts = msgspec.msgpack.decode(body)
+        except (ValueError, TypeError) as exc:  # msgspec.DecodeError is a ValueError
             raise SpoolCorrupt(
-                f"segment {segment}: bad checksum at offset {base + pos}; move that segment file aside"
+                f"segment {segment}: {exc} at offset {base + pos}; move that segment file aside"
                 " (its records after the damage are lost to this sidecar) and start again"
-            )
-        kind, key, data, attrs, ts = msgspec.msgpack.decode(body)
+            ) from None
         pos = start + length
         out.append(Record(segment, base + pos, kind, key, data, attrs, ts))
     return out, pos

@@ -9,11 +9,13 @@ import errno
 import os
 import pathlib
 import stat
+import struct
 import threading
 import time
 import zlib
 from typing import Any
 
+import msgspec
 import pytest
 
 from sidecar import spool as spool_module
@@ -21,6 +23,7 @@ from sidecar.spool import (
     Spool,
     SpoolCorrupt,
     SpoolFull,
+    SpoolLocked,
     SpoolWriteFailed,
     decode_slot,
     encode_slot,
@@ -640,3 +643,61 @@ def test_cursor_writes_fsync_unless_never(tmp_path: pathlib.Path, monkeypatch) -
 def test_crc_of_the_slot_head_is_what_decode_checks() -> None:
     head = encode_slot(1, 2, 3)[:24]
     assert encode_slot(1, 2, 3)[24:28] == (zlib.crc32(head) or 1).to_bytes(4, "little")
+
+
+def test_a_zero_filled_tail_after_a_power_loss_is_cut(tmp_path: pathlib.Path) -> None:
+    """A file extended but not written before a power loss reads back as zeros: a torn tail,
+    not a record (the spool used to fail to start with a msgpack DecodeError)."""
+    s = Spool(tmp_path, fsync="interval")
+    s.append([rec(i) for i in range(3)])
+    s.close()
+    seg = tmp_path / "seg-00000000000000000001.log"
+    with open(seg, "ab") as f:
+        f.write(b"\0" * 4096)
+    s2 = Spool(tmp_path, fsync="interval")
+    assert seg.stat().st_size == 3 * REC_BYTES and s2.depth == 3
+    s2.append([rec(3)])
+    assert ids(drain(s2)) == [0, 1, 2, 3]
+    s2.close()
+    assert parse_frames(b"\0" * 8, 0, 1) == ([], 0)
+
+
+def test_a_checksummed_body_that_is_no_record_is_corrupt_not_a_crash(tmp_path: pathlib.Path) -> None:
+    body = msgspec.msgpack.encode(["prediction", "m"])
+    bad = struct.pack("<II", len(body), zlib.crc32(body)) + body
+    s = Spool(tmp_path, fsync="never")
+    s.append([rec(0)])
+    s.close()
+    with open(tmp_path / "seg-00000000000000000001.log", "ab") as f:
+        f.write(bad + frame(*rec(1)))
+    with pytest.raises(SpoolCorrupt) as err:
+        Spool(tmp_path, fsync="never")
+    assert str(err.value) == (
+        f"segment 1: not enough values to unpack (expected 5, got 2) at offset {REC_BYTES}; move that"
+        " segment file aside (its records after the damage are lost to this sidecar) and start again"
+    )
+
+
+def test_the_error_messages_name_the_fix(tmp_path: pathlib.Path) -> None:
+    assert str(SpoolWriteFailed("/spool", OSError(errno.ENOSPC, "No space left on device"))) == (
+        "spool write failed in /spool: ENOSPC (No space left on device); the request was not stored."
+        " Free space on the spool volume, or set --spool-max-bytes at least 1 MiB below its size"
+    )
+    with pytest.raises(ValueError) as err:
+        Spool(tmp_path, fsync="sometimes")
+    assert str(err.value) == "fsync must be one of ('always', 'interval', 'never'), not 'sometimes'"
+    s = Spool(tmp_path, fsync="never")
+    with pytest.raises(SpoolLocked) as locked:
+        Spool(tmp_path, fsync="never")
+    assert str(locked.value) == (
+        f"{tmp_path} is in use by another sidecar process; give each sidecar its own --spool-dir"
+    )
+    s.close()
+    data = bytearray(frame(*rec(0)))
+    data[12] ^= 0xFF
+    with pytest.raises(SpoolCorrupt) as corrupt:
+        parse_frames(bytes(data), 0, 9)
+    assert str(corrupt.value) == (
+        "segment 9: bad checksum at offset 0; move that segment file aside (its records after the"
+        " damage are lost to this sidecar) and start again"
+    )
