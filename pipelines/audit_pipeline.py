@@ -56,7 +56,10 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     preds = _read(
         p, "Predictions", opts.predictions_subscription, opts
     ) | "ValidatePredictions" >> ValidateEvents(
-        "prediction", specs=specs, dead_letter_payload=opts.dead_letter_payload
+        "prediction",
+        specs=specs,
+        dead_letter_payload=opts.dead_letter_payload,
+        pii_key_secret=opts.pii_key_secret,
     )
     # dedup by identity (model name, event_id); conflicting later copies become dead letters
     pred_dedup = preds.rows | "DedupPredictions" >> DedupByEventId(opts.dedup_horizon_s, "predictions")
@@ -64,7 +67,10 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
     dead = [preds[DEAD_LETTERS], pred_dedup[DEAD_LETTERS]]
     if opts.labels_subscription:
         labels = _read(p, "Labels", opts.labels_subscription, opts) | "ValidateLabels" >> ValidateEvents(
-            "label", specs=specs, dead_letter_payload=opts.dead_letter_payload
+            "label",
+            specs=specs,
+            dead_letter_payload=opts.dead_letter_payload,
+            pii_key_secret=opts.pii_key_secret,
         )
         label_dedup = labels.rows | "DedupLabels" >> DedupByEventId(
             opts.dedup_horizon_s, "labels", "payload_sha256"

@@ -27,7 +27,7 @@ from pipelines import logs
 from pipelines.common import monitors, publish_anomalies, sink_fns, specs_from
 from pipelines.options import AuditOptions, OptionsError, parse_command_line, validate
 from pipelines.provision import ProvisionError, prepare_sinks, provision_command
-from schemas.specs import PiiKey, SpecError, redactors
+from schemas.specs import SpecError
 from transforms.deadletters import RawMessage
 from transforms.dedup import DropLaterCopies, DuplicateKeys
 from transforms.identity import identity
@@ -36,7 +36,7 @@ from transforms.metrics import counter
 from transforms.monitors.drift import anomaly_row
 from transforms.sinks.errors import find_sink_failure, parse_marked
 from transforms.sinks.write import WriteAudit
-from transforms.validate import DEAD_LETTERS, ValidateEvents
+from transforms.validate import DEAD_LETTERS, ValidateEvents, check_pii_key
 
 BATCH_LINES = 2048
 LINES_READ = "replay_lines_read:"  # + kind:path
@@ -245,6 +245,7 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
         check_time_bounds=False,
         batched=True,
         dead_letter_payload=opts.dead_letter_payload,
+        pii_key_secret=opts.pii_key_secret,
     )
     pred_dups = _keys_pass(p, "Predictions", opts.input, identity_of)
     out: dict[str, beam.PCollection] = {}
@@ -260,6 +261,7 @@ def build(p: beam.Pipeline, opts: AuditOptions) -> dict[str, beam.PCollection]:
             check_time_bounds=False,
             batched=True,
             dead_letter_payload=opts.dead_letter_payload,
+            pii_key_secret=opts.pii_key_secret,
         )
         label_dups = _keys_pass(p, "Labels", opts.labels_input, payload_sha256_of)
         out["labels"], out["labels/duplicates"], label_conflicts = (
@@ -513,7 +515,7 @@ def run(argv: Sequence[str] | None = None, out: IO[str] | None = None) -> int:
         logs.configure("json")
     try:
         sinks = validate(opts, "replay")
-        redactors(specs_from(opts), PiiKey.from_env())  # a malformed spec or a missing PII key
+        check_pii_key(specs_from(opts), opts.pii_key_secret)  # a malformed spec or a missing PII key
         files = _match(opts.input, "--input")
         if opts.labels_input:
             files += _match(opts.labels_input, "--labels_input")
