@@ -158,3 +158,24 @@ def test_conflicting_duplicate_is_a_dead_letter_and_the_first_line_is_the_row(
     replay(path, chdb_path, ch_database, f"--model_specs={SPECS}")
     ids = rows(chdb_client, ch_database, "SELECT uniqExact(dead_letter_id) FROM {db}.dead_letters")
     assert ids == [(2,)]
+
+
+def test_replay_hashes_pii_with_the_key_from_pii_key_secret(
+    tmp_path, chdb_path, chdb_client, ch_database, monkeypatch
+) -> None:
+    """``--pii_key_secret`` (a file reference here) is the only key: the replay's workers
+    resolve it and the row's email is the HMAC under that key."""
+    from schemas.specs import PiiKey
+
+    for name in ("PREDAUDIT_PII_KEY", "PREDAUDIT_PII_KEY_FILE", "PREDAUDIT_PII_KEY_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+    key_file = tmp_path / "pii.key"
+    key_file.write_bytes(b"secret-file-key-0123456789\n")
+    features = {**event()["features"], "email": "someone@secret.example"}
+    path = write(tmp_path / "p.jsonl", [line("fraud", IDS[0], 0.9, features=features)])
+    create_clickhouse_tables(chdb_client, ch_database)
+    replay(path, chdb_path, ch_database, f"--model_specs={SPECS}", f"--pii_key_secret=file://{key_file}")
+    ((stored,),) = rows(chdb_client, ch_database, "SELECT features FROM {db}.predictions")
+    assert orjson.loads(stored)["email"] == PiiKey(b"secret-file-key-0123456789").hash(
+        "someone@secret.example"
+    )
