@@ -701,3 +701,33 @@ def test_the_error_messages_name_the_fix(tmp_path: pathlib.Path) -> None:
         "segment 9: bad checksum at offset 0; move that segment file aside (its records after the"
         " damage are lost to this sidecar) and start again"
     )
+
+
+def _zero_crc_offset(seq: int, segment: int, low: int) -> int:
+    """An offset whose slot head has crc32 0: solve for its high 32 bits (crc32 is affine)."""
+
+    def f(x: int) -> int:
+        return zlib.crc32(struct.pack("<QQQ", seq, segment, low | (x << 32)))
+
+    base = f(0)
+    rows = [(f(1 << i) ^ base, 1 << i) for i in range(32)]  # (image, preimage) pairs
+    basis: dict[int, tuple[int, int]] = {}  # pivot bit -> (image, preimage)
+    for img, pre in rows:
+        for bit in sorted(basis, reverse=True):
+            if img >> bit & 1:
+                img, pre = img ^ basis[bit][0], pre ^ basis[bit][1]
+        if img:
+            basis[img.bit_length() - 1] = (img, pre)
+    target, x = base, 0
+    for bit in sorted(basis, reverse=True):
+        if target >> bit & 1:
+            target, x = target ^ basis[bit][0], x ^ basis[bit][1]
+    assert target == 0 and f(x) == 0
+    return low | (x << 32)
+
+
+def test_a_slot_whose_crc32_is_zero_still_round_trips() -> None:
+    """A crc of 0 is stored as 1 (so an all-zero slot is never valid); decode agrees."""
+    offset = _zero_crc_offset(5, 3, 1234)
+    assert zlib.crc32(encode_slot(5, 3, offset)[:24]) == 0
+    assert decode_slot(encode_slot(5, 3, offset)) == (5, 3, offset)
