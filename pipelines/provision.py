@@ -223,11 +223,34 @@ def check_bigquery(client: Any, project: str, dataset: str, tables: Iterable[str
         except NotFound:
             problems.append(f"bigquery: {ref}: table does not exist")
             continue
-        have = [(f.name, f.field_type, f.mode) for f in got.schema]
         want = [(c["name"], c["type"], c["mode"]) for c in bigquery_schema(TABLES[name])]
+        have = [_bq_accepted(f.name, f.field_type, f.mode or "NULLABLE", want) for f in got.schema]
         if have != want:
             problems.append(f"bigquery: {ref}: columns differ from the schema ({_diff(have, want)})")
     return problems
+
+
+#: GoogleSQL names of the legacy type names tables.get reports (a table made by DDL may use either)
+_BQ_TYPE_ALIASES = {"INT64": "INTEGER", "FLOAT64": "FLOAT", "BOOL": "BOOLEAN"}
+
+
+def _bq_accepted(name: str, field_type: str, mode: str, want: list[tuple]) -> tuple[str, str, str]:
+    """A table column as the schema names it when the sink writes it the same way.
+
+    A JSON column of the schema may be STRING in a table made before the Storage Write API
+    schema (BigQuery cannot change STRING to JSON in place; the sink sends JSON text to
+    both), and type names may be GoogleSQL aliases.
+
+    >>> want = [("features", "JSON", "REQUIRED"), ("n", "INTEGER", "NULLABLE")]
+    >>> _bq_accepted("features", "STRING", "REQUIRED", want), _bq_accepted("n", "INT64", "NULLABLE", want)
+    (('features', 'JSON', 'REQUIRED'), ('n', 'INTEGER', 'NULLABLE'))
+    >>> _bq_accepted("n", "STRING", "NULLABLE", want)
+    ('n', 'STRING', 'NULLABLE')
+    """
+    field_type = _BQ_TYPE_ALIASES.get(field_type, field_type)
+    if field_type == "STRING" and (name, "JSON", mode) in want:
+        return (name, "JSON", mode)
+    return (name, field_type, mode)
 
 
 # -- ClickHouse ----------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from pipelines.cli import main
-from pipelines.provision import check_clickhouse, provision_command
+from pipelines.provision import check_bigquery, check_clickhouse, provision_command
 from schemas.tables import TABLES, clickhouse_side_objects
 from tests.conftest import BQ_PROJECT
 
@@ -140,6 +140,36 @@ def test_table_check_names_missing_and_changed_tables(chdb_client, ch_database) 
     assert check_clickhouse(chdb_client, ch_database) == [
         f"clickhouse: {ch_database}.labels: columns differ from the schema (missing label_numeric Nullable(Float64))"
     ]
+
+
+def test_bigquery_check_accepts_string_for_json_columns_and_names_real_differences(
+    bq_client, bq_dataset
+) -> None:
+    """A predictions table made before the Write API schema keeps STRING where the schema now
+    says JSON (the sink writes JSON text to both): no problem. A wrong type is one."""
+    from google.cloud import bigquery
+
+    from schemas.tables import BQ_JSON_COLUMNS, bigquery_table_resource
+
+    assert check_bigquery(bq_client, BQ_PROJECT, bq_dataset, ["predictions"]) == [
+        f"bigquery: {BQ_PROJECT}.{bq_dataset}.predictions: table does not exist"
+    ]
+    bq_client.create_dataset(bigquery.Dataset(f"{BQ_PROJECT}.{bq_dataset}"), exists_ok=True)
+
+    def make(table_id: str, retype: dict[str, str]) -> None:
+        res = bigquery_table_resource(TABLES["predictions"], BQ_PROJECT, bq_dataset)
+        res["tableReference"]["tableId"] = table_id
+        for field in res["schema"]["fields"]:
+            field["type"] = retype.get(field["name"], field["type"])
+        bq_client.create_table(bigquery.Table.from_api_repr(res))
+
+    old = {c: "STRING" for t, c in BQ_JSON_COLUMNS if t == "predictions"}
+    make("predictions", old)
+    assert check_bigquery(bq_client, BQ_PROJECT, bq_dataset, ["predictions"]) == []
+    bq_client.delete_table(f"{BQ_PROJECT}.{bq_dataset}.predictions")
+    make("predictions", {**old, "latency_ms": "STRING"})
+    (problem,) = check_bigquery(bq_client, BQ_PROJECT, bq_dataset, ["predictions"])
+    assert "missing latency_ms FLOAT NULLABLE" in problem and "unexpected latency_ms STRING" in problem
 
 
 def test_provision_user_errors_are_one_line(capsys) -> None:
