@@ -465,29 +465,26 @@ class ModelReport:
 
 
 def _spec_thresholds(specs: Mapping[str, Any], model: str) -> dict[str, float]:
-    """psi warning/critical, accuracy floor, latency SLO and quality-rate warning from the spec."""
-    from transforms.monitors.drift import DriftSettings
+    """psi warning/critical, accuracy floor, latency SLO and rate warnings from the model's spec
+    (the monitors' defaults for a model without one).
 
-    out: dict[str, float] = {}
+    >>> _spec_thresholds({}, "m")
+    {'psi_warning': 0.1, 'psi_critical': 0.25, 'quality_warning': 0.05, 'error_warning': 0.05}
+    """
+    from schemas.specs import MonitorSettings
+
     spec = specs.get(model)
-    if spec is None:
-        s = DriftSettings()
-        out.update(psi_warning=s.warning, psi_critical=s.critical)
-        return out
-    from transforms.monitors.reference import drift_settings
-
-    s = drift_settings(spec)
-    out.update(psi_warning=s.warning, psi_critical=s.critical)
-    if s.latency_slo_ms:
-        out["latency_slo_ms"] = s.latency_slo_ms
-    for name, warning, _critical in s.rates:
-        if name == "quality_issue_rate":
-            out["quality_warning"] = warning
-        if name == "error_rate":
-            out["error_warning"] = warning
-    accuracy_min = getattr(spec.monitors, "accuracy_min", None)
-    if accuracy_min:
-        out["accuracy_min"] = float(accuracy_min)
+    m = spec.monitors if spec is not None else MonitorSettings()
+    out = {
+        "psi_warning": m.psi.warning,
+        "psi_critical": m.psi.critical,
+        "quality_warning": m.quality_issue_rate.warning,
+        "error_warning": m.error_rate.warning,
+    }
+    if m.latency_slo_ms:
+        out["latency_slo_ms"] = float(m.latency_slo_ms)
+    if m.accuracy_min:
+        out["accuracy_min"] = float(m.accuracy_min)
     return out
 
 
