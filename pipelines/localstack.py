@@ -50,6 +50,15 @@ def wait_until(
     raise TimeoutError(f"{what}: not ready after {timeout:.0f}s")
 
 
+def _tcp_up(host_port: str) -> bool:
+    host, _, port = host_port.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+        return True
+    except OSError:
+        return False
+
+
 def _http_up(url: str) -> bool:
     try:
         urllib.request.urlopen(url, timeout=1).close()
@@ -66,6 +75,9 @@ class Service:
     proc: subprocess.Popen
     endpoint: str
     log_path: pathlib.Path
+    #: host:port of the service's gRPC API where it has one besides ``endpoint`` (bqemulator:
+    #: the Storage Write API, for ``--bq_write_endpoint``)
+    grpc_endpoint: str = ""
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -108,18 +120,26 @@ def ensure_duckdb_spatial() -> None:
 def start_bqemulator(
     project: str, log_dir: pathlib.Path, port: int | None = None, data_dir: pathlib.Path | None = None
 ) -> Service:
-    """bqemulator on loopback; with ``data_dir`` it persists (a restart keeps tables and rows)."""
+    """bqemulator on loopback; with ``data_dir`` it persists (a restart keeps tables and rows).
+
+    ``endpoint`` is its REST API (``--bq_endpoint``), ``grpc_endpoint`` its gRPC server with
+    the Storage Write API (``--bq_write_endpoint``, what the sink uses by default); the
+    service is up when both accept connections.
+    """
     ensure_duckdb_spatial()
     port = port or free_port()
+    grpc_port = free_port()
     exe = shutil.which("bqemulator") or str(pathlib.Path(sys.executable).with_name("bqemulator"))
-    cmd = [exe, "start", "--rest-port", str(port), "--grpc-port", str(free_port()), "--project", project]
+    cmd = [exe, "start", "--rest-port", str(port), "--grpc-port", str(grpc_port), "--project", project]
     cmd += ["--log-level", "warning"]
     if data_dir is not None:
         cmd += ["--persistent", "--data-dir", str(data_dir)]
     proc, log = _spawn("bqemulator", cmd, log_dir)
-    svc = Service("bqemulator", proc, f"http://127.0.0.1:{port}", log)
+    svc = Service("bqemulator", proc, f"http://127.0.0.1:{port}", log, f"127.0.0.1:{grpc_port}")
     try:
-        wait_until(lambda: _http_up(svc.endpoint + "/"), 60, "bqemulator", proc)
+        wait_until(
+            lambda: _http_up(svc.endpoint + "/") and _tcp_up(svc.grpc_endpoint), 60, "bqemulator", proc
+        )
     except (RuntimeError, TimeoutError):
         svc.stop()
         raise ServiceStartError(f"bqemulator did not start; log:\n{svc.log_tail()}") from None

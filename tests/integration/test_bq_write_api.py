@@ -32,9 +32,9 @@ def pred_row(i: int, model: str = "fraud", **over: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def write_endpoint(bq_emulator) -> str:
-    """The emulator's gRPC port, as ``pipelines.localstack.start_bqemulator`` chose it."""
-    args = list(bq_emulator.proc.args)
-    return f"127.0.0.1:{args[args.index('--grpc-port') + 1]}"
+    """The emulator's gRPC port (Storage Write API), as ``pipelines.localstack`` exposes it."""
+    assert bq_emulator.grpc_endpoint.startswith("127.0.0.1:")
+    return bq_emulator.grpc_endpoint
 
 
 @pytest.fixture()

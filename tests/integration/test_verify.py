@@ -264,7 +264,8 @@ def test_bigquery_dml_update_is_reported_as_altered(tmp_path, bq_emulator, bq_cl
 
     opts = AuditOptions(["--sinks=bigquery", "--input=x", *bq])
     assert prepare_sinks(opts, ["bigquery"], create=True) == []
-    replay(tmp_path, "--sinks=bigquery", *bq)
+    # the sink's default path: the Storage Write API (the emulator's gRPC port)
+    replay(tmp_path, "--sinks=bigquery", *bq, f"--bq_write_endpoint={bq_emulator.grpc_endpoint}")
     args = ["--sink", "bigquery", *bq]
     code, out = run_verify(*args)
     assert code == 0, out
