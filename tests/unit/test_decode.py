@@ -20,6 +20,7 @@ from schemas import (
     decode_label,
     decode_prediction,
 )
+from schemas.decode import TIMESTAMP_PATTERN
 from tests.helpers import BASE_EVENT, event, raw
 
 DEC = Decoders()
@@ -123,6 +124,54 @@ CASES: list[tuple[str, bytes, str, str]] = [
 @pytest.mark.parametrize(("name", "payload", "code", "path"), CASES, ids=[c[0] for c in CASES])
 def test_error_codes(name: str, payload: bytes, code: str, path: str) -> None:
     assert code_of(payload) == (code, path)
+
+
+TS_RULE = f"must be RFC 3339 with an offset ({TIMESTAMP_PATTERN})"
+#: the message a producer reads in its dead letter, per case: ours exactly, msgspec's as it words
+#: them (a pinned dependency), orjson's by its stable part (it adds the position)
+MESSAGES: dict[str, str] = {
+    "invalid utf-8": "str is not valid UTF-8: surrogates not allowed",
+    "lone surrogate": "no low surrogate in string",
+    "truncated": "unexpected end of data",
+    "empty": "Input is a zero-length, empty document",
+    "array": "expected a JSON object, got list",
+    "string": "expected a JSON object, got str",
+    "missing event_id": "Object missing required field `event_id`",
+    "missing model.version": "Object missing required field `version`",
+    "empty prediction": "prediction needs at least one of label, score, scores, value",
+    "latency string": "Expected `float | null`, got `str`",
+    "bool feature list": "Expected `float`, got `bool`",
+    "model not object": "Expected `object`, got `str`",
+    "negative latency": "Expected `float` >= 0.0",
+    "score prob > 1": "Expected `float` <= 1.0",
+    "empty model name": "must not be empty",
+    "huge class id": "Expected `int` <= 9223372036854775807",
+    "bad status": "Invalid enum value 'maybe'",
+    "NaN literal": "unexpected character, expected a JSON value",
+    "overflow 1e999": "number is infinity when parsed as double",
+    "long model name": "129 > 128 characters",
+    "unknown top field": "Object contains unknown field `debug`",
+    "unknown model field": "Object contains unknown field `x`",
+    "bad event_id": "must match ^[A-Za-z0-9._:-]{8,128}$",
+    "no offset": TS_RULE,
+    "year 1969": TS_RULE,
+    "feb 30": "not a valid date-time: day is out of range for month",
+    "version 2": "'2': this consumer reads 1 and 1.N",
+    "version 2 other errors": "'2.1': this consumer reads 1 and 1.N",
+    "version int": "Expected `str`",
+    "version missing": "Object missing required field",
+}
+
+
+@pytest.mark.parametrize("name", sorted(MESSAGES))
+def test_error_messages_say_what_is_wrong(name: str) -> None:
+    """Ours exactly; a parser's message is kept whole (orjson's with its position appended)."""
+    payload = next(c[1] for c in CASES if c[0] == name)
+    with pytest.raises(EventValidationError) as info:
+        DEC.prediction(payload)
+    expected = MESSAGES[name]
+    message = info.value.message
+    assert message == expected or (message.startswith(expected + ": line ") and " (char " in message)
 
 
 def test_every_error_code_is_exercised() -> None:
