@@ -525,3 +525,20 @@ def test_the_sink_classifies_with_its_own_table_project_dataset_and_endpoint() -
     assert fn.classify(forbidden).code == "access_denied"
     limited = gexc.Forbidden("quota", errors=[{"reason": "quotaExceeded"}, "not a dict"])
     assert fn.classify(limited).kind == TRANSIENT
+
+
+def test_emulator_clients_go_to_the_given_endpoints_without_credentials() -> None:
+    import socket
+
+    from google.auth.credentials import AnonymousCredentials
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    rest = bigquery.bigquery_client("proj", f"http://127.0.0.1:{port}")
+    assert rest.project == "proj" and rest._connection.API_BASE_URL == f"http://127.0.0.1:{port}"
+    assert isinstance(rest._credentials, AnonymousCredentials)
+    write = bigquery.write_client(f"http://127.0.0.1:{port}")  # the scheme is dropped: a gRPC target
+    with pytest.raises(gexc.ServiceUnavailable, match=f"127.0.0.1:{port}"):
+        write.create_write_stream(parent="projects/p/datasets/d/tables/t", retry=None, timeout=20)
