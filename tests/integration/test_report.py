@@ -28,13 +28,14 @@ N = 1200  # one prediction every 6 s for 2 h
 DRIFT_FROM = T0 + dt.timedelta(hours=1)  # amount moves above every reference edge from here
 
 
-def _predictions() -> tuple[list[str], list[list]]:
+def known_predictions() -> tuple[list[str], list[list]]:
     cols = [
         "event_id",
         "event_time",
         "model_name",
         "model_version",
         "schema_version",
+        "request_id",
         "features",
         "prediction_label",
         "prediction_score",
@@ -58,9 +59,10 @@ def _predictions() -> tuple[list[str], list[list]]:
                 "rpt",
                 "1",
                 "1",
+                f"req-{i:05d}",
                 json.dumps(features),
                 "fraud" if i % 2 else "legit",
-                0.5,
+                0.95 if t >= DRIFT_FROM else (i % 10) / 10 + 0.05,  # uniform over 10 bins, then the top one
                 float(i % 100),  # 0..99 ms: p95 of a bucket is ~95 ms
                 "error" if i % 20 == 0 else "ok",  # 5 %
                 ["out_of_range:amount"] if i % 10 == 1 else [],  # 10 %
@@ -73,7 +75,7 @@ def _predictions() -> tuple[list[str], list[list]]:
     return cols, rows
 
 
-def _labels() -> tuple[list[str], list[list]]:
+def known_labels() -> tuple[list[str], list[list]]:
     cols = [
         "event_id",
         "label_time",
@@ -93,7 +95,7 @@ def _labels() -> tuple[list[str], list[list]]:
     return cols, rows
 
 
-def _drift() -> tuple[list[str], list[list]]:
+def known_drift() -> tuple[list[str], list[list]]:
     cols = ["metric_id", "model_name", "model_version", "signal", "metric", "value"]
     cols += ["window_start", "window_end", "sample_size", "status"]
     rows = []
@@ -102,14 +104,16 @@ def _drift() -> tuple[list[str], list[list]]:
         end = start + dt.timedelta(minutes=5)
         for signal, value in (("amount", 0.31 if start >= DRIFT_FROM else 0.01), ("country", 0.02)):
             mid = f"{signal}-{w}"
-            rows.append([mid, "rpt", "1", signal, "psi", value, start, end, 50, "ok"])
+            rows.append(
+                [mid, "rpt", "1", signal, "psi", value, start, end, 50, "critical" if value > 0.25 else "ok"]
+            )
             # an earlier, smaller pane of the same window: the report must not draw it
             rows.append([mid, "rpt", "1", signal, "psi", 9.9, start, end, 10, "insufficient"])
         rows.append([f"acc-{w}", "rpt", "1", "accuracy", "accuracy", 0.8, start, end, 50, "ok"])
     return cols, rows
 
 
-def _anomalies() -> tuple[list[str], list[list]]:
+def known_anomalies() -> tuple[list[str], list[list]]:
     cols = ["anomaly_id", "time", "type", "source", "subject", "model_name", "model_version", "signal"]
     cols += ["detector", "statistic", "threshold", "severity", "window_start", "window_end", "sample_size"]
     cols += ["reference", "current", "cloudevent"]
@@ -144,7 +148,7 @@ def _anomalies() -> tuple[list[str], list[list]]:
     return cols, rows
 
 
-def _dead_letters() -> tuple[list[str], list[list]]:
+def known_dead_letters() -> tuple[list[str], list[list]]:
     cols = ["dead_letter_id", "stage", "kind", "error_code", "error_path", "error_message"]
     cols += ["payload_sha256", "payload_size", "payload_truncated", "ingest_time", "model_name"]
     rows = []
@@ -156,20 +160,28 @@ def _dead_letters() -> tuple[list[str], list[list]]:
     return cols, rows
 
 
+KNOWN = {
+    "predictions": known_predictions,
+    "labels": known_labels,
+    "drift_metrics": known_drift,
+    "anomalies": known_anomalies,
+    "dead_letters": known_dead_letters,
+}
+
+
+def insert_known_rows(client, database: str) -> None:
+    """The audit tables of ``database`` (created) with the known rows above."""
+    create_clickhouse_tables(client, database)
+    for table, build in KNOWN.items():
+        cols, rows = build()
+        client.insert(f"`{database}`.`{table}`", rows, column_names=cols)
+
+
 @pytest.fixture(scope="module")
 def written(tmp_path_factory: pytest.TempPathFactory, chdb_path, chdb_client) -> tuple[pathlib.Path, str]:
     """Known rows in a fresh database, a reference file, and the report written once: (path, summary)."""
     database = f"t_report_{uuid.uuid4().hex[:8]}"
-    create_clickhouse_tables(chdb_client, database)
-    for table, build in (
-        ("predictions", _predictions),
-        ("labels", _labels),
-        ("drift_metrics", _drift),
-        ("anomalies", _anomalies),
-        ("dead_letters", _dead_letters),
-    ):
-        cols, rows = build()
-        chdb_client.insert(f"`{database}`.`{table}`", rows, column_names=cols)
+    insert_known_rows(chdb_client, database)
     tmp = tmp_path_factory.mktemp("report")
     refs = tmp / "refs"
     refs.mkdir()
