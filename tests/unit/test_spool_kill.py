@@ -731,3 +731,35 @@ def test_a_slot_whose_crc32_is_zero_still_round_trips() -> None:
     offset = _zero_crc_offset(5, 3, 1234)
     assert zlib.crc32(encode_slot(5, 3, offset)[:24]) == 0
     assert decode_slot(encode_slot(5, 3, offset)) == (5, 3, offset)
+
+
+def test_an_fsync_of_a_segment_rotation_closed_meanwhile_is_no_error(
+    tmp_path: pathlib.Path, monkeypatch
+) -> None:
+    """The fsync thread took the segment's fd, then an append rotated (fsyncing and closing
+    it): the failing late fsync is no disk error, and nothing waits for it."""
+    errors: list[tuple[str, int]] = []
+    s = Spool(
+        tmp_path, fsync="always", segment_bytes=REC_BYTES, on_error=lambda op, e: errors.append((op, e.errno))
+    )
+    real = os.fsync
+    fake = FakeOs()
+    later: list[int] = []
+    raced: list[bool] = []
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "spool-fsync" and not raced:
+            raced.append(True)
+            later.append(s.append([rec(1)]))  # rotates: the old segment is fsynced and closed
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        real(fd)
+
+    monkeypatch.setattr(spool_module, "os", fake)
+    monkeypatch.setattr(fake, "fsync", fsync, raising=False)
+    first = s.append([rec(0)])
+    assert s.wait_durable(first, timeout=30)
+    wait_for(lambda: later, "the racing append")
+    assert s.wait_durable(later[0], timeout=30)
+    assert errors == [] and len(segment_files(tmp_path)) == 2
+    monkeypatch.undo()
+    s.close()
