@@ -343,3 +343,123 @@ def test_corrupted_reference_is_valid_or_coded(pos: int, junk: bytes) -> None:
 def test_decoded_events_convert_to_builtins() -> None:
     ev, _ = DEC.prediction(REFERENCE_EVENT)
     assert msgspec.to_builtins(ev)["model"] == {"name": "fraud", "version": "2026-02-15"}
+
+
+def error_of(call, payload: bytes, *args) -> tuple[str, str, str]:
+    with pytest.raises(EventValidationError) as info:
+        call(payload, *args)
+    return info.value.code, info.value.path, info.value.message
+
+
+LABEL = orjson.dumps(
+    {"schema_version": "1", "event_id": "evt-00000001", "label_time": "2026-03-01T12:00:00Z", "label": "x"}
+)
+
+
+def test_each_limit_holds_at_its_value_and_refuses_one_more_with_the_numbers() -> None:
+    small = raw(
+        event(
+            features={"a": 1, "b": 2},
+            metadata={"k": "v", "l": "w"},
+            prediction={"scores": {"x": 0.5, "y": 0.5}},
+        )
+    )
+    at = Decoders(Limits(max_payload_bytes=len(small), max_features=2, max_metadata_entries=2))
+    assert at.prediction(small)[0].features == {"a": 1.0, "b": 2.0}
+    below = Decoders(Limits(max_payload_bytes=len(small) - 1))
+    assert error_of(below.prediction, small) == (
+        "too_large",
+        "$",
+        f"{len(small)} bytes > max_payload_bytes={len(small) - 1}",
+    )
+    assert Decoders(Limits(max_payload_bytes=len(LABEL))).label(LABEL)[0].label == "x"
+    assert error_of(Decoders(Limits(max_payload_bytes=len(LABEL) - 1)).label, LABEL) == (
+        "too_large",
+        "$",
+        f"{len(LABEL)} bytes > max_payload_bytes={len(LABEL) - 1}",
+    )
+    one = Decoders(Limits(max_features=1, max_metadata_entries=1))
+    assert error_of(one.prediction, raw(event(features={"a": 1, "b": 2}, metadata=None))) == (
+        "too_many_features",
+        "$.features",
+        "2 > max_features=1",
+    )
+    assert error_of(one.prediction, raw(event(features={"a": 1}, metadata={"k": "v", "l": "w"}))) == (
+        "too_many_entries",
+        "$.metadata",
+        "more than max_metadata_entries=1",
+    )
+    scores = raw(event(features={"a": 1}, metadata=None, prediction={"scores": {"x": 0.5, "y": 0.5}}))
+    assert error_of(one.prediction, scores) == (
+        "too_many_features",
+        "$.prediction.scores",
+        "more than max_features=1",
+    )
+
+
+def test_model_name_and_version_are_1_to_128_characters() -> None:
+    for key in ("name", "version"):
+        ok = {"name": "m", "version": "1", key: "n" * 128}
+        assert getattr(DEC.prediction(raw(event(model=ok)))[0].model, key) == "n" * 128
+        assert error_of(DEC.prediction, raw(event(model={**ok, key: "n" * 129}))) == (
+            "string_too_long",
+            f"$.model.{key}",
+            "129 > 128 characters",
+        )
+        assert error_of(DEC.prediction, raw(event(model={**ok, key: ""}))) == (
+            "out_of_range",
+            f"$.model.{key}",
+            "must not be empty",
+        )
+    labelled = orjson.loads(LABEL) | {"model": {"name": "", "version": "1"}}
+    assert error_of(DEC.label, orjson.dumps(labelled))[:2] == ("out_of_range", "$.model.name")
+
+
+def test_time_bounds_are_inclusive_and_the_message_gives_the_distance() -> None:
+    now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+    limits = Limits(max_clock_skew_s=60, max_event_age_s=3600)
+    dec = Decoders(limits)
+    assert dec.prediction(raw(event(event_time="2026-03-01T12:01:00Z")), now)[1].minute == 1
+    assert dec.prediction(raw(event(event_time="2026-03-01T11:00:00Z")), now)[1].hour == 11
+    assert error_of(dec.prediction, raw(event(event_time="2026-03-01T12:01:01Z")), now) == (
+        "timestamp_out_of_bounds",
+        "$.event_time",
+        "2026-03-01T12:01:01Z is 61s after ingest time (max_clock_skew_s=60)",
+    )
+    assert error_of(dec.prediction, raw(event(event_time="2026-03-01T10:59:59Z")), now) == (
+        "timestamp_out_of_bounds",
+        "$.event_time",
+        "2026-03-01T10:59:59Z is 3601s before ingest time (max_event_age_s=3600)",
+    )
+    late_label = orjson.loads(LABEL) | {"label_time": "2026-03-01T12:01:01Z"}
+    assert error_of(dec.label, orjson.dumps(late_label), now) == (
+        "timestamp_out_of_bounds",
+        "$.label_time",
+        "2026-03-01T12:01:01Z is 61s after ingest time (max_clock_skew_s=60)",
+    )
+    assert dec.label(LABEL, now)[1] == now
+
+
+def test_label_errors_name_the_field_and_the_rule() -> None:
+    base = orjson.loads(LABEL)
+    assert error_of(DEC.label, orjson.dumps(base | {"label_time": "2026-03-01 12:00:00Z"})) == (
+        "invalid_timestamp",
+        "$.label_time",
+        f"must be RFC 3339 with an offset ({TIMESTAMP_PATTERN})",
+    )
+    assert error_of(DEC.label, orjson.dumps(base | {"label_time": "2026-02-30T12:00:00Z"})) == (
+        "invalid_timestamp",
+        "$.label_time",
+        "not a valid date-time: day is out of range for month",
+    )
+    assert error_of(DEC.label, orjson.dumps(base | {"schema_version": "3"})) == (
+        "unknown_schema_version",
+        "$.schema_version",
+        "'3': this consumer reads 1 and 1.N",
+    )
+    assert error_of(DEC.label, orjson.dumps({k: v for k, v in base.items() if k != "label"})) == (
+        "missing_field",
+        "$.label",
+        "Object missing required field `label`",
+    )
+    assert error_of(DEC.label, b"[1]") == ("not_an_object", "$", "expected a JSON object, got list")
