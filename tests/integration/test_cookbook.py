@@ -10,8 +10,16 @@ import uuid
 
 import pytest
 
-from pipelines.cookbook import BY_NAME, RECIPES, clickhouse_params, in_database
-from tests.integration.test_report import DRIFT_FROM, T0, insert_known_rows, known_labels, known_predictions
+from pipelines.cookbook import BY_NAME, RECIPES, bigquery_params, clickhouse_params, in_database
+from tests.conftest import BQ_PROJECT
+from tests.integration.test_report import (
+    DRIFT_FROM,
+    KNOWN,
+    T0,
+    insert_known_rows,
+    known_labels,
+    known_predictions,
+)
 
 PARAMS = {
     "request_id": "req-00007",
@@ -22,26 +30,73 @@ PARAMS = {
 }
 
 
-@pytest.fixture(scope="module")
-def results(chdb_client) -> dict[str, list[dict]]:
-    """Each recipe's rows (as dicts) on the known data, with the example parameters above."""
+def _clickhouse(client) -> dict[str, list[dict]]:
     database = f"t_cookbook_{uuid.uuid4().hex[:8]}"
-    insert_known_rows(chdb_client, database)
+    insert_known_rows(client, database)
     out = {}
     for r in RECIPES:
-        params = {n: PARAMS[n] for n in clickhouse_params(r.clickhouse)}
-        if r.name == "score_distribution_now_vs_reference":  # "now" = from DRIFT_FROM on
-            params["from"] = DRIFT_FROM
-        got = chdb_client.query(in_database(r.clickhouse, database), parameters=params)
+        params = _params(r.name)
+        got = client.query(
+            in_database(r.clickhouse, database),
+            parameters={n: params[n] for n in clickhouse_params(r.clickhouse)},
+        )
         out[r.name] = [dict(zip(got.column_names, row, strict=True)) for row in got.result_rows]
     return out
+
+
+def _params(recipe: str) -> dict:
+    """The parameters above; for the score bins "now" is from DRIFT_FROM on."""
+    return {**PARAMS, "from": DRIFT_FROM} if recipe == "score_distribution_now_vs_reference" else PARAMS
+
+
+def _bigquery(client) -> dict[str, list[dict]]:
+    from google.cloud import bigquery
+
+    from schemas.tables import create_bigquery_tables
+
+    dataset = f"t_cookbook_{uuid.uuid4().hex[:8]}"
+    create_bigquery_tables(client, BQ_PROJECT, dataset)
+    for table, build in KNOWN.items():
+        cols, rows = build()
+        docs = [
+            {
+                c: (v.isoformat() if isinstance(v, dt.datetime) else v)
+                for c, v in zip(cols, row, strict=True)
+                if v is not None
+            }
+            for row in rows
+        ]
+        ref = f"{BQ_PROJECT}.{dataset}.{table}"
+        for k in range(0, len(docs), 500):
+            chunk = docs[k : k + 500]
+            assert client.insert_rows_json(ref, chunk, row_ids=[None] * len(chunk)) == []
+    out = {}
+    for r in RECIPES:
+        params = _params(r.name)
+        types = {name: bq_type for name, _, bq_type, _ in r.params}
+        config = bigquery.QueryJobConfig(
+            query_parameters=[
+                bigquery.ScalarQueryParameter(n, types[n], params[n]) for n in bigquery_params(r.bigquery)
+            ]
+        )
+        job = client.query(in_database(r.bigquery, dataset), job_config=config)
+        out[r.name] = [dict(row.items()) for row in job.result()]
+    return out
+
+
+@pytest.fixture(scope="module", params=["clickhouse", "bigquery"])
+def results(request) -> dict[str, list[dict]]:
+    """Each recipe's rows (as dicts) on the known data, per engine, with the parameters above."""
+    if request.param == "clickhouse":
+        return _clickhouse(request.getfixturevalue("chdb_client"))
+    return _bigquery(request.getfixturevalue("bq_client"))
 
 
 def test_every_recipe_declares_its_parameters() -> None:
     for r in RECIPES:
         assert set(clickhouse_params(r.clickhouse)) <= set(PARAMS), r.name  # the test binds them all
         declared = {name for name, *_ in r.params}
-        assert set(clickhouse_params(r.clickhouse)) == declared, r.name
+        assert set(clickhouse_params(r.clickhouse)) == declared == set(bigquery_params(r.bigquery)), r.name
         assert "audit." in r.clickhouse and "audit." in r.bigquery, r.name
 
 

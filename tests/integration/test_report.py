@@ -84,6 +84,7 @@ def known_labels() -> tuple[list[str], list[list]]:
         "schema_version",
         "ingest_time",
         "payload_sha256",
+        "pipeline_version",
     ]
     rows = []
     for i in range(N):
@@ -91,7 +92,7 @@ def known_labels() -> tuple[list[str], list[list]]:
         wrong = "legit" if predicted == "fraud" else "fraud"
         label = wrong if i % 5 == 0 else predicted  # 80 % correct
         t = T0 + dt.timedelta(seconds=6 * i + 30)
-        rows.append([f"e{i:05d}", t, label, "rpt", "1", t, f"l{i:063x}"])
+        rows.append([f"e{i:05d}", t, label, "rpt", "1", t, f"l{i:063x}", "test"])
     return cols, rows
 
 
