@@ -3,8 +3,9 @@
 # offline they then stop at credentials). Run them from the repository root, after
 # `terraform apply` in templates/terraform/ (topics, subscriptions, tables, service accounts,
 # secrets). Blocks are separated by a blank line; lines starting with # are comments.
-# Set first: PROJECT REGION BUCKET TAG (e.g. the git sha) CLICKHOUSE_HOST
-REGISTRY="$REGION-docker.pkg.dev/$PROJECT/predaudit"
+# Set first: PROJECT REGION BUCKET TAG (e.g. the git sha) CLICKHOUSE_HOST [REGISTRY: another
+# project's repository, e.g. prod running the images dev ran]
+REGISTRY="${REGISTRY:-$REGION-docker.pkg.dev/$PROJECT/predaudit}"
 BEAM_VERSION="$(sed -n 's/^BEAM_VERSION = "\(.*\)"$/\1/p' setup.py)"
 TEMPLATE="gs://$BUCKET/templates/predaudit-$TAG.json"
 # the job's parameters (values with commas: the ^~^ prefix makes ~ the separator)
@@ -42,8 +43,9 @@ gcloud dataflow flex-template run predaudit-audit --project "$PROJECT" --region 
   --transform-name-mappings "$RENAMES" \
   --parameters "$PARAMS"
 
-# 4b. or drain-and-replace (an incompatible graph): find the running job, drain it, then block 3
+# 4b. or drain-and-replace (an incompatible graph): find the running job (its id: JOB_ID) ...
 gcloud dataflow jobs list --project "$PROJECT" --region "$REGION" --status active \
   --filter "name=predaudit-audit" --format "value(id)"
 
+# 4c. ... drain it, wait for JOB_STATE_DRAINED, then start the new one (block 3)
 gcloud dataflow jobs drain "$JOB_ID" --project "$PROJECT" --region "$REGION"
