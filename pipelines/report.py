@@ -1037,3 +1037,18 @@ def main(argv: Sequence[str], out: IO[str]) -> int:
     anomalies = sum(int(r.totals["anomalies"]) for r in reports)
     out.write(f"wrote {target}: {len(reports)} model(s), {n:,} predictions, {anomalies} anomalies\n")
     return 0
+
+
+def write_local_report(dsn: str, database: str, path: pathlib.Path, references_dir: str = "") -> str:
+    """``make demo``'s last step: the report of every model's last 24 h of data, from the store
+    this process already has open (a chDB directory is locked by its process); the line to print."""
+    from schemas.specs import load_specs
+
+    reports = write_report(
+        ClickHouseSource(dsn, database),
+        path,
+        specs=load_specs(str(DEFAULT_SPECS)),
+        references_dir=references_dir,
+    )
+    n = sum(int(r.totals["predictions"]) for r in reports)
+    return f"report: {path} ({len(reports)} model(s), {n:,} predictions; open it in a browser)\n"

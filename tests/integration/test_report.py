@@ -318,3 +318,14 @@ def test_report_usage_and_read_errors_are_one_line(tmp_path, chdb_path, capsys) 
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and text in err and "Traceback" not in err, err
     assert not out.exists()
+
+
+def test_the_demo_report_line_names_the_file(tmp_path, chdb_path, written) -> None:
+    from pipelines.report import write_local_report
+
+    out, _ = written
+    database = re.search(r"clickhouse (t_report_\w+);", out.read_text()).group(1)
+    path = tmp_path / "demo" / "report.html"
+    line = write_local_report(f"chdb://{chdb_path}", database, path)
+    assert line == f"report: {path} (1 model(s), 1,200 predictions; open it in a browser)\n"
+    assert 'id="m0-drift-0"' in path.read_text()
