@@ -144,3 +144,84 @@ def test_reference_doc_builds_from_the_reference_part() -> None:
                 doc = reference_doc(plan)
                 assert doc["model"] == plan.model and doc["events"] == plan.reference_events
                 assert {f.name for f in plan.features if f.kind != "boolean"} <= set(doc["signals"])
+
+
+# --- the bench's judge (tests/bench/detection.py evaluate_scenario) on known alert rows ---------
+
+
+def _us(plan, index: int) -> int:
+    return int(plan.time_of(index).timestamp() * 1e6)
+
+
+def _row(plan, signal: str, detector: str, end_index: int, severity: str = "warning") -> tuple:
+    return (
+        plan.model,
+        plan.version,
+        signal,
+        detector,
+        severity,
+        _us(plan, end_index - 15_000),
+        _us(plan, end_index),
+    )
+
+
+def test_judge_delay_false_alarms_and_targets() -> None:
+    from tests.bench.detection import evaluate_scenario
+
+    sc = build("shift_0.25sd", 1.0)  # onset 90,000; 15,000 events per window; target 2 windows
+    (plan,) = sc.plans
+    onset = sc.truths[0].onset_index
+    rows = [
+        _row(plan, "f03", "psi", onset),  # ends at the onset: before the change -> false alarm
+        _row(plan, "f03", "psi", onset + 30_000),  # the 2nd window after the onset
+        _row(plan, "f07", "psi", onset + 15_000),  # another feature -> false alarm
+        ("other_model", "v1", "f03", "psi", "warning", 0, 10**18),  # not this scenario's
+    ]
+    r = evaluate_scenario(sc, rows)
+    assert (r.detected, r.first, r.delay_events, r.delay_windows) == (True, ("f03", "psi"), 30_000, 2)
+    assert r.false_alarms == 2 and not r.met and r.why == "false alarms"
+    assert r.false_alarms_per_100k == pytest.approx(2 * 100_000 / 150_000)
+    ok = evaluate_scenario(sc, rows[1:2])
+    assert ok.met and ok.false_alarms == 0
+    late = evaluate_scenario(sc, [_row(plan, "f03", "psi", onset + 45_000)])
+    assert not late.met and late.why == "3 windows > 2"
+    # ADWIN: its detection time plus the confirmation values it measures before alerting
+    adwin = evaluate_scenario(sc, [_row(plan, "f03", "adwin", onset + 100)], confirm_events=200)
+    assert (adwin.delay_events, adwin.delay_windows, adwin.met) == (300, 1, True)
+    missed = evaluate_scenario(sc, [])
+    assert (missed.detected, missed.met, missed.why) == (False, False, "not detected: sc_shift")
+
+
+def test_judge_quiet_and_two_model_scenarios() -> None:
+    from tests.bench.detection import evaluate_scenario
+
+    quiet = build("stationary_wide", SCALE)
+    (plan,) = quiet.plans
+    assert evaluate_scenario(quiet, []).met
+    r = evaluate_scenario(quiet, [_row(plan, "ln3", "adwin", 20_000)])
+    assert (r.detected, r.false_alarms, r.met) == (None, 1, False)
+    pair = build("two_models", 1.0)
+    a, b = pair.plans
+    onset = pair.truths[0].onset_index
+    caught = [_row(b, "f01", "psi", onset + 7_500)]
+    assert evaluate_scenario(pair, caught).met
+    # the unchanged model alerting on the very feature that changed in the other: a false alarm
+    r = evaluate_scenario(pair, [*caught, _row(a, "f01", "psi", onset + 7_500)])
+    assert r.false_alarms == 1 and not r.met
+
+
+def test_judge_matches_signals_that_name_the_feature() -> None:
+    from tests.bench.detection import evaluate_scenario
+
+    sc = build("optional_nulls", 1.0)
+    (plan,) = sc.plans
+    onset = sc.truths[0].onset_index
+    for signal in ("opt", "opt.null_rate", "null_rate:opt"):
+        assert evaluate_scenario(sc, [_row(plan, signal, "missing", onset + 15_000)]).met, signal
+    assert not evaluate_scenario(sc, [_row(plan, "options", "missing", onset + 15_000)]).detected
+    low = build("low_traffic", 1.0)  # target: 6 h of event time at 20 events / min
+    (lp,) = low.plans
+    lo = low.truths[0].onset_index
+    assert evaluate_scenario(low, [_row(lp, "f01", "psi", lo + 7_200)]).met  # 6 h = 7,200 events
+    r = evaluate_scenario(low, [_row(lp, "f01", "psi", lo + 7_300)])
+    assert not r.met and r.why.startswith("6.1 h > 6 h")
