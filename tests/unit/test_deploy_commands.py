@@ -211,3 +211,44 @@ def test_dataflow_runner_dry_run_constructs_the_job(bq_emulator, bq_client, monk
         assert step in names, step
     images = [e.payload for e in job.proto_pipeline.components.environments.values()]
     assert any(b"europe-west1-docker.pkg.dev/my-project/predaudit/worker:3f2c1ab" in p for p in images)
+
+
+FAKE_GCLOUD = """#!/usr/bin/env bash
+# records each call; answers `jobs list` with $FAKE_ACTIVE_JOB and `jobs describe` with DRAINED
+echo "$*" >> "$FAKE_LOG"
+case "$*" in
+  "dataflow jobs list "*) [ -n "${FAKE_ACTIVE_JOB:-}" ] && echo "$FAKE_ACTIVE_JOB" ;;
+  "dataflow jobs describe "*) echo JOB_STATE_DRAINED ;;
+esac
+exit 0
+"""
+
+
+@pytest.mark.parametrize(
+    ("active", "strategy", "expected"),
+    [
+        ("", "update", ["flex-template build", "jobs list", "flex-template run"]),
+        ("job-1", "update", ["flex-template build", "jobs list", "flex-template run --update"]),
+        ("job-1", "replace", ["flex-template build", "jobs list", "jobs drain job-1", "jobs describe job-1", "flex-template run"]),
+    ],
+)  # fmt: skip
+def test_deploy_job_picks_launch_update_or_drain_and_replace(tmp_path, active, strategy, expected) -> None:
+    """.github/deploy_job.sh (what deploy.yml runs) against a recording stand-in for gcloud."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "gcloud").write_text(FAKE_GCLOUD)
+    (bin_dir / "gcloud").chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**gcloud_env(tmp_path), "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_LOG": str(log),
+           "FAKE_ACTIVE_JOB": active, "STRATEGY": strategy}  # fmt: skip
+    r = subprocess.run(["bash", ".github/deploy_job.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    calls = log.read_text().splitlines()
+    assert len(calls) == len(expected), calls
+    for call, want in zip(calls, expected, strict=True):
+        words = want.split()
+        assert call.startswith(f"dataflow {words[0]} {words[1]}"), (call, want)
+        assert all(w in call.split() for w in words[2:]), (call, want)
+    if "--update" in expected[-1]:
+        assert "--transform-name-mappings Write=WriteAudit" in calls[-1]
+    assert "sdk_container_image=europe-west1-docker.pkg.dev/my-project/predaudit/worker:3f2c1ab" in calls[-1]
