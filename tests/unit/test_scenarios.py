@@ -65,7 +65,7 @@ def test_step_is_where_and_as_big_as_the_truth_says(name: str, size: float) -> N
 
 
 def test_ramp_grows_linearly_then_stays() -> None:
-    sc = build("ramp", 0.5)
+    sc = build("ramp", 0.25)
     (truth,) = sc.truths
     plan = sc.plans[0]
     ev = list(plan.stream())
