@@ -53,9 +53,12 @@ def _arrival(row: Mapping[str, Any]) -> tuple:
 
 
 def _describe_first(row: Mapping[str, Any]) -> str:
-    t = row.get("ingest_time")
-    when = from_micros(t).isoformat() if isinstance(t, int) else str(t)
-    return f"payload sha256 {row.get('payload_sha256')}, ingested {when}"
+    """The kept copy, as a conflicting copy's dead letter names it (its hash and ingest time).
+
+    >>> _describe_first({"payload_sha256": "ab", "ingest_time": 1772366400000000})
+    'payload sha256 ab, ingested 2026-03-01T12:00:00+00:00'
+    """
+    return f"payload sha256 {row['payload_sha256']}, ingested {from_micros(row['ingest_time']).isoformat()}"
 
 
 class _DedupFn(beam.DoFn):

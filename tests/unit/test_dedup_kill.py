@@ -24,6 +24,7 @@ from schemas import Decoders
 from tests.unit.test_dedup_stream import T0, counter_value, prediction, streaming
 from tests.unit.test_identity import raw_event, replay_dedup, row_of
 from transforms.dedup import DEAD_LETTERS, DedupByEventId, DropLaterCopies, DuplicateKeys
+from transforms.identity import row_identity
 from transforms.rows import content_sha256, label_row
 
 
@@ -141,10 +142,18 @@ def test_streaming_dead_letter_names_the_kept_content() -> None:
     assert_that(
         out.rows | beam.Map(lambda r: r["ingest_time"]), equal_to([first["ingest_time"]]), label="rows"
     )
-    kept = f"(the first copy: content sha256 {content_sha256(first)})"
+    said = f"predictions: a later copy of (fraud, evt-00000014) with different content than the audit row (the first copy: content sha256 {content_sha256(first)});"
     assert_that(
-        out[DEAD_LETTERS] | beam.Map(lambda d: (kept in d["error_message"], d["error_code"])),
-        equal_to([(True, "conflicting_duplicate")]),
+        out[DEAD_LETTERS]
+        | beam.Map(
+            lambda d: (
+                d["error_message"].startswith(said),
+                d["error_code"],
+                d["kind"],
+                orjson.loads(d["attributes"])["table"],
+            )
+        ),
+        equal_to([(True, "conflicting_duplicate", "prediction", "predictions")]),
         label="dead",
     )
     p.run().wait_until_finish()
@@ -173,6 +182,27 @@ def test_streaming_keeps_the_first_copy_for_the_whole_horizon_after_its_event_ti
         )
 
 
+def test_streaming_default_horizon_is_one_hour() -> None:
+    first = prediction("fraud", "evt-00000016", 0.9, ingest_s=1)
+    t = first["event_time"] / 1e6
+    copy = [prediction("fraud", "evt-00000016", 0.9, ingest_s=s) for s in (2, 3)]
+    stream = (
+        EventStream()
+        .add_elements([TimestampedValue(first, t)])
+        .advance_watermark_to(t + 3599)
+        .add_elements([TimestampedValue(copy[0], t + 3599)])  # within the hour: a duplicate
+        .advance_watermark_to(t + 3600.5)
+        .add_elements([TimestampedValue(copy[1], t + 3600.5)])  # after it: passes (views catch it)
+        .advance_watermark_to_infinity()
+    )
+    with beam.Pipeline(options=streaming()) as p:
+        out = p | stream | DedupByEventId()
+        assert_that(
+            out.rows | beam.Map(lambda r: r["ingest_time"]),
+            equal_to([first["ingest_time"], copy[1]["ingest_time"]]),
+        )
+
+
 @pytest.mark.parametrize("horizon", [0, 0.0, -1])
 def test_a_horizon_that_is_not_positive_is_refused(horizon: float) -> None:
     with pytest.raises(ValueError) as info:
@@ -188,10 +218,14 @@ def key_of(raw: bytes) -> str | None:
 
 def test_duplicate_keys_finds_keys_repeated_within_and_across_batches_only() -> None:
     batches = [[b"a", b"b", b"?x"], [b"b", b"c", b"c", b"d"], [b"e", b"?x"], [b"f", b"a", b"a"]]
-    for shards in (1, 3, 64):
-        with beam.Pipeline() as p:
-            dups = p | beam.Create(batches) | DuplicateKeys(key_of, shards=shards)
-            assert_that(dups, equal_to(["a", "b", "c"]))
+    with beam.Pipeline() as p:
+        for shards in (1, 3, 64):
+            dups = (
+                p
+                | f"Batches{shards}" >> beam.Create(batches)
+                | f"Keys{shards}" >> DuplicateKeys(key_of, shards)
+            )
+            assert_that(dups, equal_to(["a", "b", "c"]), label=f"shards{shards}")
 
 
 def _ids(batches: list[list[dict]]) -> list[list[str]]:
@@ -220,6 +254,36 @@ def test_drop_later_copies_passes_unique_rows_in_their_batches_and_skips_empty_o
             label="firsts",
         )
         assert_that(dead, equal_to([]), label="dead")
+
+
+def test_drop_later_copies_by_default_dedups_predictions_by_identity() -> None:
+    """The defaults (predictions, keyed by identity, stamped by event time): a conflict is a
+    prediction's dead letter; the resolved row keeps the first copy's event time."""
+    first = row_of(raw_event("fraud", "evt-00000024", 0.9, event_time="2026-03-01T12:00:00Z"), 1)
+    later = row_of(raw_event("fraud", "evt-00000024", 0.1, event_time="2026-03-01T12:05:00Z"), 2)
+    with beam.Pipeline() as p:
+        dup_keys = p | "Keys" >> beam.Create([row_identity(first)])
+        unique, firsts, dead = p | "Rows" >> beam.Create([[later], [first]]) | DropLaterCopies(dup_keys)
+        assert_that(unique, equal_to([]), label="unique")
+        assert_that(
+            firsts | "F" >> beam.FlatMap(lambda b: b) | "FT" >> beam.Map(_with_time),
+            equal_to([("evt-00000024", 0.9, _micros("2026-03-01T12:00:00+00:00"))]),
+            label="firsts",
+        )
+        said = "predictions: a later copy of (fraud, evt-00000024) with different content"
+        assert_that(
+            dead
+            | "D"
+            >> beam.Map(
+                lambda d, ts=beam.DoFn.TimestampParam: (
+                    d["error_message"].startswith(said),
+                    d["kind"],
+                    ts.micros,
+                )
+            ),
+            equal_to([(True, "prediction", _micros("2026-03-01T12:05:00+00:00"))]),
+            label="dead",
+        )
 
 
 def test_drop_later_copies_without_duplicates_passes_every_batch_whole() -> None:
