@@ -1,4 +1,15 @@
-"""ADWIN (river) per (model, version, signal): change detection on each numeric signal.
+"""ADWIN (river) and CUSUM per (model, version, signal): change detection on each numeric signal.
+
+With a reference, a numeric feature or score is fed as its normal score under the reference
+CDF (``NumericReference.standardize``, the rank transform; a seasonal reference's profile of
+the value's hour), so heavy tails and counts look like N(0, 1) and a detection's size is
+measured against the reference: ``effect_sd`` = |mean of the ``confirm_events`` values after
+the detection| in reference standard deviations. ADWIN compares the stream with its own
+recent past (fast on steps); CUSUM (two-sided, allowance k = ``min_effect_sd`` / 2,
+decision interval h) accumulates the standardized excess over the reference and catches
+slow ramps that every ADWIN cut sees as small. Latency is fed on a log scale (no reference
+transform); without a reference, raw values are fed and the effect is measured in the
+series' own sd against ADWIN's mean before the cut.
 
 The detector lives in Beam state (river's ADWIN pickles, ~1.6 KB) and is fed in batches per
 key, sorted by event time within a batch. Out-of-order arrival across batches is fed in
@@ -26,6 +37,9 @@ from river import drift
 from schemas.specs import ModelSpec
 from transforms.metrics import counter
 from transforms.monitors.alerts import anomaly_event
+from transforms.monitors.settings import ModelReference, season_slot
+from transforms.monitors.signals import signal_value
+from transforms.monitors.stats import NumericReference
 from transforms.rows import from_micros
 
 
@@ -36,8 +50,11 @@ class Detection:
     mean_before: float
     mean_after: float
     width_before: int
-    #: |mean_after - mean_before| in standard deviations of the values seen so far
+    #: the change's size in standard deviations (of the reference when standardized)
     effect_sd: float = 0.0
+    detector: str = "adwin"
+    #: CUSUM: the cumulative sum at the alarm
+    statistic: float = 0.0
 
 
 class AdwinSeries:
@@ -48,14 +65,29 @@ class AdwinSeries:
     [1023]
     """
 
-    def __init__(self, delta: float, clock: int, confirm_events: int = 200) -> None:
+    def __init__(
+        self,
+        delta: float,
+        clock: int,
+        confirm_events: int = 200,
+        standardized: bool = False,
+        cusum: tuple[float, float] | None = None,
+    ) -> None:
+        """``standardized``: values are reference normal scores (effects are measured
+        against the reference mean 0, sd 1); ``cusum``: (k, h) runs a two-sided CUSUM too."""
         self.adwin = drift.ADWIN(delta=delta, clock=clock)
         self.seen = 0
         self.last_emitted_us: int | None = None
+        self.last_cusum_us: int | None = None
         self.total = self.total_sq = 0.0
         self.confirm_events = confirm_events
         self.pending: list[list] = []  # [detection, values after it, their sum]
         self.confirmed: list[Detection] = []
+        self.standardized = standardized
+        self.cusum = cusum
+        self.up = self.down = 0.0  # CUSUM sums
+        self.run = 0  # values since both sums were last 0
+        self.run_total = 0.0
 
     def feed(self, values: Sequence[tuple[int, float]]) -> list[Detection]:
         """Feed (event time us, value) pairs in the given order; returns river's detections.
@@ -79,6 +111,8 @@ class AdwinSeries:
                 d = Detection(seen, t, before, adwin.estimation, int(width))
                 out.append(d)
                 pending.append([d, 0, 0.0])
+            if self.cusum is not None:
+                self._cusum(seen, t, v)
             seen += 1
         self.total, self.total_sq, self.seen = t1, t2, seen
         return out
@@ -89,10 +123,32 @@ class AdwinSeries:
             p[2] += v
         while self.pending and self.pending[0][1] >= self.confirm_events:
             d, n, total = self.pending.pop(0)
-            mean = t1 / n_seen
-            sd = math.sqrt(max(t2 / n_seen - mean * mean, 0.0)) or 1.0
-            d.effect_sd = abs(total / n - d.mean_before) / sd
+            if self.standardized:  # against the reference: mean 0, sd 1
+                d.effect_sd = abs(total / n)
+            else:
+                mean = t1 / n_seen
+                sd = math.sqrt(max(t2 / n_seen - mean * mean, 0.0)) or 1.0
+                d.effect_sd = abs(total / n - d.mean_before) / sd
             self.confirmed.append(d)
+
+    def _cusum(self, index: int, t: int, z: float) -> None:
+        """Two-sided CUSUM on a standardized value: an alarm when either sum passes h; the
+        effect is the mean of the values since the sums were last 0."""
+        k, h = self.cusum
+        self.up = max(0.0, self.up + z - k)
+        self.down = max(0.0, self.down - z - k)
+        if self.up == 0.0 and self.down == 0.0:
+            self.run, self.run_total = 0, 0.0
+            return
+        self.run += 1
+        self.run_total += z
+        top = max(self.up, self.down)
+        if top > h:
+            mean = self.run_total / self.run
+            d = Detection(index, t, 0.0, mean, self.run, abs(mean), "cusum", top)
+            self.confirmed.append(d)
+            self.up = self.down = 0.0
+            self.run, self.run_total = 0, 0.0
 
 
 def numeric_signals(spec: ModelSpec) -> tuple[tuple[str, float, float], ...]:
@@ -103,46 +159,84 @@ def numeric_signals(spec: ModelSpec) -> tuple[tuple[str, float, float], ...]:
 
 
 def series_values(
-    row: Mapping[str, Any], signals: tuple[tuple[str, float, float], ...]
+    row: Mapping[str, Any],
+    signals: tuple[tuple[str, float, float], ...],
+    ref: ModelReference | None = None,
 ) -> Iterator[tuple[str, float]]:
     """The values ADWIN sees. Out-of-range values are data-quality issues (flagged on the row,
-    counted by the quality monitor), not distribution change: they are not fed."""
+    counted by the quality monitor), not distribution change: they are not fed. With a
+    reference, a signal it has quantiles for is fed as its standardized normal score.
+
+    >>> from transforms.monitors.settings import DriftSettings
+    >>> from transforms.monitors.stats import numeric_reference
+    >>> ref = ModelReference("m", "*", {"a": numeric_reference([float(i) for i in range(100)])}, DriftSettings())
+    >>> row = {"features": '{"a": 49.5, "b": 3}', "latency_ms": 0.0}
+    >>> [(s, abs(round(v, 1))) for s, v in series_values(row, (("a", 0, 100), ("b", 0, 9), ("latency_ms", 0, 1e9)), ref)]
+    [('a', 0.0), ('b', 3.0), ('latency_ms', 0.0)]
+    """
     features = orjson.loads(row["features"])
+    refs = ref.signals if ref is not None else {}
+    if ref is not None and ref.profiles:
+        refs = ref.profiles.get(season_slot(row["event_time"], ref.seasonality), refs)
     for s, lo, hi in signals:
-        if s == "prediction.score":
-            v = row.get("prediction_score")
-        elif s == "latency_ms":
-            v = row.get("latency_ms")
+        v = signal_value(row, features, s)
+        if s == "latency_ms":
             if v is not None:  # latencies are heavy-tailed: ADWIN's bound holds on the log scale
                 yield s, math.log1p(v)
             continue
-        else:
-            v = features.get(s)
         if v.__class__ in (float, int) and lo <= v <= hi:
-            yield s, float(v)
+            r = refs.get(s)
+            if isinstance(r, NumericReference) and r.quantiles:
+                yield s, r.standardize(v)
+            else:
+                yield s, float(v)
 
 
-def _detection_event(key: str, d: Detection, delta: float, start_us: int) -> dict:
+def standardized_signals(ref: ModelReference | None) -> frozenset[str]:
+    """The signals a reference standardizes (numeric ones with quantiles; not latency)."""
+    if ref is None:
+        return frozenset()
+    return frozenset(
+        s
+        for s, r in ref.signals.items()
+        if isinstance(r, NumericReference) and r.quantiles and s != "latency_ms"
+    )
+
+
+def _detection_event(key: str, d: Detection, cfg: AdwinSettings, start_us: int) -> dict:
+    """An ADWIN / CUSUM anomaly: ``statistic`` is the change in standard deviations and
+    ``threshold`` the smallest change that alerts (ADWIN), or the CUSUM sum and its decision
+    interval h (both in standard deviations)."""
     model, version, signal = key.split("\x00")
     kind = {
         "prediction.score": "prediction_drift",
         "latency_ms": "latency_regression",
         "prediction.error": "concept_drift",
     }.get(signal, "feature_drift")
+    against = "reference" if signal in cfg.standardized else "series"
+    if d.detector == "cusum":
+        statistic, threshold = round(d.statistic, 4), cfg.cusum_h
+        reference = {"mean_sd": 0.0, "against": against, "k": cfg.cusum_k}
+        current = {"mean_sd": round(d.mean_after, 4), "effect_sd": round(d.effect_sd, 4), "run": d.width_before,
+                   "index": d.index}  # fmt: skip
+    else:
+        statistic, threshold = round(d.effect_sd, 4), cfg.min_effect_sd
+        reference = {"mean": d.mean_before, "against": against, "delta": cfg.delta}
+        current = {"mean": d.mean_after, "index": d.index, "effect_sd": round(d.effect_sd, 4)}
     return anomaly_event(
         model=model,
         version=version,
         signal=signal,
-        detector="adwin",
+        detector=d.detector,
         kind=kind,
-        statistic=abs(d.mean_after - d.mean_before),
-        threshold=delta,
+        statistic=statistic,
+        threshold=threshold,
         severity="warning",
         window_start=from_micros(start_us),
         window_end=from_micros(d.time_us),
         sample_size=d.width_before,
-        reference={"mean": d.mean_before},
-        current={"mean": d.mean_after, "index": d.index, "effect_sd": round(d.effect_sd, 4)},
+        reference=reference,
+        current=current,
     )
 
 
@@ -153,23 +247,58 @@ class AdwinSettings:
     cooldown_s: float
     min_effect_sd: float = 0.2
     confirm_events: int = 200
+    #: signals fed as reference normal scores (effects against the reference; CUSUM runs)
+    standardized: frozenset[str] = frozenset()
+    cusum_k: float = 0.1
+    cusum_h: float = 100.0
+
+    def series(self, signal: str) -> AdwinSeries:
+        std = signal in self.standardized
+        cusum = (self.cusum_k, self.cusum_h) if std else None
+        return AdwinSeries(self.delta, self.clock, self.confirm_events, std, cusum)
+
+
+def adwin_settings(spec: ModelSpec, ref: ModelReference | None = None) -> AdwinSettings:
+    """The sequential detectors' settings from a spec (and which signals its reference
+    standardizes); the one spec -> settings translation of ADWIN / CUSUM."""
+    a = spec.monitors.adwin
+    return AdwinSettings(
+        a.delta,
+        a.clock,
+        float(spec.monitors.cooldown_seconds),
+        a.min_effect_sd,
+        a.confirm_events,
+        standardized_signals(ref),
+        getattr(a, "cusum_k", a.min_effect_sd / 2),
+        getattr(a, "cusum_h", 100.0),
+    )
 
 
 class _SeriesValuesFn(beam.DoFn):
     """Rows or row batches -> ((model, version, signal) key, [(t_us, value), ...]) per batch."""
 
-    def __init__(self, settings: Mapping[str, AdwinSettings], signals: Mapping[str, tuple]) -> None:
+    def __init__(
+        self,
+        settings: Mapping[str, AdwinSettings],
+        signals: Mapping[str, tuple],
+        references: Mapping[str, ModelReference] | None = None,
+    ) -> None:
         self.settings, self.signals = dict(settings), dict(signals)
+        self.references = dict(references or {})
 
     def process(self, element) -> Iterator[tuple[str, list[tuple[int, float]]]]:
         per: dict[str, list[tuple[int, float]]] = {}
         for row in element if isinstance(element, list) else (element,):
-            signals = self.signals.get(row["model_name"])
+            model = row["model_name"]
+            signals = self.signals.get(model)
             if signals is None:
                 continue
-            prefix = f"{row['model_name']}\x00{row['model_version']}\x00"
+            ref = self.references.get(model)
+            if ref is not None and not ref.applies_to(row["model_version"]):
+                ref = None
+            prefix = f"{model}\x00{row['model_version']}\x00"
             t = row["event_time"]
-            for s, v in series_values(row, signals):
+            for s, v in series_values(row, signals, ref):
                 per.setdefault(prefix + s, []).append((t, v))
         yield from per.items()
 
@@ -186,7 +315,7 @@ class _AdwinStateFn(beam.DoFn):
         key, batches = element
         cfg = self.settings[key.split("\x00", 1)[0]]
         values = sorted(v for batch in batches for v in batch)  # event-time order within the batch
-        series: AdwinSeries = state.read() or AdwinSeries(cfg.delta, cfg.clock, cfg.confirm_events)
+        series: AdwinSeries = state.read() or cfg.series(key.rsplit("\x00", 1)[1])
         yield from _emit(key, series, values, cfg)
         state.write(series)
 
@@ -199,44 +328,51 @@ def _emit(
         counter("adwin_detections").inc()
     confirmed, series.confirmed = series.confirmed, []
     for d in confirmed:
+        if d.detector == "cusum":
+            counter("cusum_detections").inc()
+            if series.last_cusum_us is not None and d.time_us - series.last_cusum_us < cfg.cooldown_s * 1e6:
+                continue
+            series.last_cusum_us = d.time_us
+            yield _detection_event(key, d, cfg, start)
+            continue
         if d.effect_sd < cfg.min_effect_sd:  # a real but negligible change: not worth a page
             counter("adwin_detections_below_min_effect").inc()
             continue
         if series.last_emitted_us is not None and d.time_us - series.last_emitted_us < cfg.cooldown_s * 1e6:
             continue
         series.last_emitted_us = d.time_us
-        yield _detection_event(key, d, cfg.delta, start)
+        yield _detection_event(key, d, cfg, start)
 
 
 def _replay_series(element, settings: Mapping[str, AdwinSettings]) -> Iterator[dict]:
     key, batches = element
     cfg = settings[key.split("\x00", 1)[0]]
     values = sorted(v for batch in batches for v in batch)  # the whole series, in event-time order
-    yield from _emit(key, AdwinSeries(cfg.delta, cfg.clock, cfg.confirm_events), values, cfg)
+    yield from _emit(key, cfg.series(key.rsplit("\x00", 1)[1]), values, cfg)
 
 
 class MonitorAdwin(beam.PTransform):
-    """Audit rows or row batches -> ADWIN anomaly CloudEvents (detector ``adwin``)."""
+    """Audit rows or row batches -> ADWIN / CUSUM anomaly CloudEvents (detectors ``adwin``,
+    ``cusum``). ``references``: model -> ``ModelReference`` (its numeric signals are fed
+    standardized; without it, raw values and ADWIN only)."""
 
-    def __init__(self, specs: Mapping[str, ModelSpec], bounded: bool) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        bounded: bool,
+        references: Mapping[str, ModelReference] | None = None,
+    ) -> None:
         super().__init__()
-        self.settings = {
-            n: AdwinSettings(
-                s.monitors.adwin.delta,
-                s.monitors.adwin.clock,
-                float(s.monitors.cooldown_seconds),
-                s.monitors.adwin.min_effect_sd,
-                s.monitors.adwin.confirm_events,
-            )
-            for n, s in specs.items()
-        }
+        self.references = dict(references or {})
+        self.settings = {n: adwin_settings(s, self.references.get(n)) for n, s in specs.items()}
         self.signals = {n: numeric_signals(s) for n, s in specs.items()}
         self.bounded = bounded
 
     def expand(self, rows) -> beam.PCollection:
         parts = rows if isinstance(rows, tuple | list) else (rows,)
         values = [
-            pc | f"SeriesValues{i}" >> beam.ParDo(_SeriesValuesFn(self.settings, self.signals))
+            pc
+            | f"SeriesValues{i}" >> beam.ParDo(_SeriesValuesFn(self.settings, self.signals, self.references))
             for i, pc in enumerate(parts)
         ]
         merged = values[0] if len(values) == 1 else values | "AllSeries" >> beam.Flatten()

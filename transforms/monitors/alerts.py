@@ -61,6 +61,8 @@ ANOMALY_TYPES = {
     "js_distance": "feature_drift",
     "linf_distance": "feature_drift",
     "adwin": "concept_drift",
+    "cusum": "feature_drift",
+    "missing": "data_quality",
     "accuracy": "performance_degradation",
     "latency": "latency_regression",
     "traffic": "traffic_anomaly",

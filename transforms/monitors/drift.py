@@ -13,9 +13,7 @@ drives alerts through a per-series severity/cooldown state (``alerts.AlertState`
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import datetime as dt
-import hashlib
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,7 +21,7 @@ import apache_beam as beam
 import numpy as np
 import orjson
 from apache_beam.coders import PickleCoder
-from apache_beam.transforms import trigger, window
+from apache_beam.transforms import window
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import ReadModifyWriteStateSpec, TimerSpec, on_timer
 from apache_beam.transforms.window import TimestampedValue
@@ -31,56 +29,36 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms.metrics import counter
 from transforms.monitors.alerts import AlertState, anomaly_event, severity
-from transforms.monitors.stats import (
-    NumericReference,
-    Reference,
-    js_distance,
-    linf_distance,
-    psi,
+from transforms.monitors.calibrate import Decision, decide_fixed, decide_psi, decide_rate_change, pool_rare
+from transforms.monitors.records import (
+    ANOMALIES,
+    DRIFT_METRICS,
+    AlertInput,
+    Breach,
+    metric_row,
+    series_key,
 )
+from transforms.monitors.settings import DriftSettings, ModelReference, drift_settings, season_slot
+from transforms.monitors.signals import signal_value
+from transforms.monitors.statistics import WINDOW_STATISTICS
+from transforms.monitors.stats import NumericReference, Reference
 from transforms.monitors.traffic import TrafficSettings, TrafficState, observe, silent_window
 from transforms.monitors.traffic import breaches as traffic_breaches
+from transforms.monitors.windows import monitor_windows
 from transforms.rows import from_micros, to_micros
 
-ANOMALIES, DRIFT_METRICS = "anomalies", "drift_metrics"
-LATE_FIRING_DELAY_S = 5
+__all__ = ["ANOMALIES", "DRIFT_METRICS", "DriftSettings", "ModelReference", "MonitorDrift", "AlertFn"]
+#: count keys that are not signals: the window's events per seasonal slot
+SLOT_KEY = "\x00slot"
+#: suffix of a feature's missing-value counts ({1: missing, 0: present})
+MISSING = "\x00missing"
 
 
-@dataclasses.dataclass(frozen=True)
-class DriftSettings:
-    """Per-model thresholds (from the model spec's ``monitors`` section)."""
-
-    min_sample_size: int = 500
-    epsilon: float = 1e-4
-    warning: float = 0.1
-    critical: float = 0.25
-    cooldown_s: float = 3600.0
-    latency_slo_ms: float | None = None
-    #: rate metric -> (warning, critical) share of the window's events
-    rates: tuple[tuple[str, float, float], ...] = (
-        ("latency_over_slo", 0.1, 0.3),
-        ("error_rate", 0.05, 0.2),
-        ("quality_issue_rate", 0.05, 0.2),
-    )
-    #: traffic drop: (warning, critical) count / baseline median
-    traffic: tuple[float, float] = (0.3, 0.1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelReference:
-    """A model's reference signals, for one version or (``version='*'``) all of them."""
-
-    model: str
-    version: str
-    signals: Mapping[str, Reference]
-    settings: DriftSettings
-
-    def applies_to(self, version: str) -> bool:
-        return self.version in ("*", version)
-
-
-def signal_bins(row: Mapping[str, Any], ref: ModelReference) -> dict[str, int]:
-    """Each referenced signal's bin index for one audit row (missing signals are skipped).
+def signal_bins(
+    row: Mapping[str, Any], ref: ModelReference, signals: Mapping[str, Reference] | None = None
+) -> dict[str, int]:
+    """Each referenced signal's bin index for one audit row (missing signals are skipped);
+    ``signals``: the seasonal profile of the row's slot (default: the reference's signals).
 
     >>> from transforms.monitors.stats import CategoricalReference
     >>> ref = ModelReference("m", "*", {"a": NumericReference((1.0,), (0.5, 0.5), 2),
@@ -90,18 +68,15 @@ def signal_bins(row: Mapping[str, Any], ref: ModelReference) -> dict[str, int]:
     {'a': 1, 'prediction.label': 1}
     """
     features = orjson.loads(row["features"])
+    return _bins(row, features, signals if signals is not None else ref.signals)
+
+
+def _bins(
+    row: Mapping[str, Any], features: Mapping[str, Any], signals: Mapping[str, Reference]
+) -> dict[str, int]:
     out: dict[str, int] = {}
-    for signal, r in ref.signals.items():
-        if signal == "prediction.score":
-            v = row.get("prediction_score")
-        elif signal == "prediction.value":
-            v = row.get("prediction_value")
-        elif signal == "prediction.label":
-            v = row.get("prediction_label")
-        elif signal == "latency_ms":
-            v = row.get("latency_ms")
-        else:
-            v = features.get(signal)
+    for signal, r in signals.items():
+        v = signal_value(row, features, signal)
         if v is None:
             continue
         if isinstance(r, NumericReference):
@@ -153,7 +128,11 @@ class _BinFn(beam.DoFn):
 
 
 def bin_rows(rows, reference_for, window_us: int) -> Iterator[tuple[tuple[str, str], tuple[int, dict, int]]]:
-    """Partial counts per (model, version) and window: ((model, version), (n, counts, last t))."""
+    """Partial counts per (model, version) and window: ((model, version), (n, counts, last t)).
+
+    Counts per signal and bin, per rate metric, per feature's missingness (``MISSING``) and,
+    for a seasonal reference, events per slot (``SLOT_KEY``).
+    """
     partial: dict[tuple, list] = {}
     for row in rows:
         ref = reference_for(row["model_name"])
@@ -168,7 +147,18 @@ def bin_rows(rows, reference_for, window_us: int) -> Iterator[tuple[tuple[str, s
         for rate, hit in rate_hits(row, ref.settings):
             per = counts.setdefault(rate, {})
             per[hit] = per.get(hit, 0) + 1
-        for signal, b in signal_bins(row, ref).items():
+        features = orjson.loads(row["features"])
+        for f in ref.settings.features:
+            per = counts.setdefault(f + MISSING, {})
+            hit = int(features.get(f) is None)
+            per[hit] = per.get(hit, 0) + 1
+        signals = ref.signals
+        if ref.profiles:
+            slot = season_slot(t, ref.seasonality)
+            signals = ref.profiles.get(slot, signals)
+            per = counts.setdefault(SLOT_KEY, {})
+            per[slot] = per.get(slot, 0) + 1
+        for signal, b in _bins(row, features, signals).items():
             per = counts.setdefault(signal, {})
             per[b] = per.get(b, 0) + 1
     for (key, _), (n, counts, t) in partial.items():
@@ -193,7 +183,7 @@ class _WarmupFn(beam.DoFn):
         self.specs, self.settings, self.window_us = dict(specs), dict(settings), bucket_s * 1_000_000
 
     def process(self, element, rows_state=beam.DoFn.StateParam(ROWS), ref_state=beam.DoFn.StateParam(REF)):
-        from transforms.monitors.reference import warmup_reference
+        from transforms.monitors.reference import warmup_baseline
 
         key, rows = element
         model, version = key.split("\x00")
@@ -209,8 +199,10 @@ class _WarmupFn(beam.DoFn):
             if len(buf) < n_warmup:
                 rows_state.write(buf)
                 return
-            signals = warmup_reference(buf, spec, version, bins=spec.monitors.psi.bins)
-            ref = ModelReference(model, version, signals, self.settings[model])
+            signals, missing, n = warmup_baseline(buf, spec, version, bins=spec.monitors.psi.bins)
+            ref = ModelReference(
+                model, version, signals, self.settings[model], missing=missing, events=n, baseline="warmup"
+            )
             ref_state.write(ref)
             rows_state.clear()
             counter("warmup_baselines_built").inc()
@@ -226,6 +218,23 @@ def _warmup_keys(element, models: frozenset[str]) -> Iterator[tuple[str, list]]:
     yield from per.items()
 
 
+def merge_counts(accs) -> tuple[int, dict, Any]:
+    """Sum partial counts ``(events, {signal: {bin: count}}, warm-up reference or None)``.
+
+    >>> merge_counts([(2, {"a": {0: 2}}, None), (1, {"a": {0: 1, 3: 1}}, None)])
+    (3, {'a': {0: 3, 3: 1}}, None)
+    """
+    n, out, ref = 0, {}, None
+    for m, counts, r in accs:
+        n += m
+        ref = ref or r  # a warm-up baseline, the same in every partial of the key
+        for signal, per in counts.items():
+            dst = out.setdefault(signal, {})
+            for b, c in per.items():
+                dst[b] = dst.get(b, 0) + c
+    return n, out, ref
+
+
 class _SumBins(beam.CombineFn):
     """Merges partial counts: (events, {signal: {bin: count}}, warm-up reference or None)."""
 
@@ -233,18 +242,10 @@ class _SumBins(beam.CombineFn):
         return 0, {}, None
 
     def add_input(self, acc, partial):
-        return self.merge_accumulators([acc, partial])
+        return merge_counts([acc, partial])
 
     def merge_accumulators(self, accs):
-        n, out, ref = 0, {}, None
-        for m, counts, r in accs:
-            n += m
-            ref = ref or r  # a warm-up baseline, the same in every partial of the key
-            for signal, per in counts.items():
-                dst = out.setdefault(signal, {})
-                for b, c in per.items():
-                    dst[b] = dst.get(b, 0) + c
-        return n, out, ref
+        return merge_counts(accs)
 
     def extract_output(self, acc):
         return acc
@@ -252,6 +253,27 @@ class _SumBins(beam.CombineFn):
 
 def _utc(ts) -> dt.datetime:
     return from_micros(int(ts.micros))
+
+
+def _expected(
+    ref: ModelReference, signal: str, r: Reference, slots: Mapping[int, int]
+) -> tuple[np.ndarray, int]:
+    """The expected proportions of a signal in this window and the reference's effective size:
+    the reference itself, or for a seasonal one the mix of the slot profiles the window's events
+    fall in (weighted by events; size 1 / sum(w^2 / m_slot))."""
+    if not slots:
+        return np.asarray(r.expected, dtype=float), r.sample_size
+    total = sum(slots.values())
+    mix = np.zeros(len(r.expected))
+    inv = 0.0
+    for slot, c in slots.items():
+        prof = ref.profiles.get(slot, {}).get(signal, r)
+        if len(prof.expected) != len(mix):  # a profile of another shape: fall back to the overall one
+            prof = r
+        w = c / total
+        mix += w * np.asarray(prof.expected, dtype=float)
+        inv += w * w / max(prof.sample_size, 1)
+    return mix, int(1 / inv) if inv else r.sample_size
 
 
 def window_metrics(
@@ -262,10 +284,22 @@ def window_metrics(
     ref: ModelReference,
     start: dt.datetime,
     end: dt.datetime,
-) -> Iterator[tuple[dict, tuple | None]]:
-    """(drift_metrics row, breach or None) for every signal and statistic of one window."""
+) -> Iterator[tuple[dict, AlertInput | None]]:
+    """(drift_metrics row, alert input or None) for every signal and statistic of one window.
+
+    Deciding statistics (PSI) and missing-value rates are judged calibrated to the window's
+    n (Bonferroni over the model's tests in this window) or by fixed thresholds; every row
+    records the threshold it was judged by.
+    """
     s = ref.settings
+    baseline = "seasonal" if ref.profiles else ref.baseline
+    extra = {"baseline": baseline}
     yield from _rate_metrics(model, version, n, counts, ref, start, end)
+    slots = counts.get(SLOT_KEY, {}) if ref.profiles else {}
+    judged = [sig for sig in ref.signals if sum(counts.get(sig, {}).values()) >= s.min_sample_size]
+    missing = [f for f in s.features if n >= s.min_sample_size]
+    tests = max(len(judged) + len(missing), 1)
+    alpha = s.alpha / tests
     for signal, r in sorted(ref.signals.items()):
         per = counts.get(signal, {})
         arr = np.zeros(len(r.expected), dtype=np.int64)
@@ -273,66 +307,92 @@ def window_metrics(
             arr[b] += c
         size = int(arr.sum())
         enough = size >= s.min_sample_size
-        for metric, value in (
-            ("psi", psi(r.expected, arr, s.epsilon) if size else None),
-            ("js_distance", js_distance(r.expected, arr) if size else None),
-            ("linf_distance", linf_distance(r.expected, arr) if size else None),
-        ):
-            level = (
-                severity(value, s.warning, s.critical)
-                if (enough and metric == "psi" and value is not None)
-                else None
-            )
-            status = "insufficient" if not enough else (level or "ok")
-            row = _metric_row(model, version, signal, metric, value, size, status, ref, start, end)
-            row["epsilon"], row["bins"] = (s.epsilon if metric == "psi" else None), len(r.expected)
-            breach = None
-            if metric == "psi" and enough:
-                current = (arr / size).round(6).tolist()
-                breach = (
-                    level,
-                    value,
-                    s.critical if level == "critical" else s.warning,
-                    {"expected": list(r.expected)},
-                    {"proportions": current},
+        expected, m = _expected(ref, signal, r, slots)
+        pooled_e, pooled_c = pool_rare(expected, arr) if size else (expected, arr)
+        for stat in WINDOW_STATISTICS.values():
+            value = stat.compute(pooled_e, pooled_c, s.epsilon) if size else None
+            decision: Decision | None = None
+            if stat.decides and enough and value is not None:
+                decision = (
+                    decide_fixed(value, s.warning, s.critical)
+                    if s.mode == "fixed"
+                    else decide_psi(value, size, m, len(pooled_e), alpha, s.min_effect, s.critical)
                 )
-            yield row, breach
+            status = "insufficient" if not enough else ((decision and decision.level) or "ok")
+            row = metric_row(
+                model, version, signal, stat.name, value, size, status, ref.reference_id, start, end,
+                epsilon=s.epsilon if stat.name == "psi" else None, bins=len(pooled_e),
+                threshold=decision.threshold if decision else None, **extra,
+            )  # fmt: skip
+            alert = None
+            if decision is not None:
+                summary = {"expected": [round(float(x), 6) for x in expected], "sample_size": m}
+                current = {
+                    "proportions": (arr / size).round(6).tolist(),
+                    "mode": s.mode,
+                    "warning": round(decision.warning, 6),
+                    "critical": round(decision.critical, 6),
+                    "baseline": baseline,
+                }
+                alert = AlertInput(
+                    Breach(decision.level, value, decision.threshold, summary, current), start, end, size
+                )
+            yield row, alert
+    yield from _missing_metrics(model, version, n, counts, ref, start, end, alpha, extra)
 
 
-def _metric_row(
-    model: str,
-    version: str,
-    signal: str,
-    metric: str,
-    value: float | None,
-    size: int,
-    status: str,
-    ref: ModelReference,
-    start: dt.datetime,
-    end: dt.datetime,
-) -> dict:
-    key = f"{model}\x00{version}\x00{signal}\x00{metric}\x00{start.isoformat()}"
-    return {
-        "metric_id": hashlib.sha256(key.encode()).hexdigest(),
-        "model_name": model,
-        "model_version": version,
-        "signal": signal,
-        "metric": metric,
-        "value": value,
-        "window_start": to_micros(start),
-        "window_end": to_micros(end),
-        "sample_size": size,
-        "status": status,
-        "epsilon": None,
-        "bins": None,
-        "reference_id": f"{ref.model}@{ref.version}",
-    }
+def _missing_metrics(
+    model, version, n, counts, ref, start, end, alpha, extra
+) -> Iterator[tuple[dict, AlertInput | None]]:
+    """Each feature's missing-value rate against the reference's (a monitored signal)."""
+    s = ref.settings
+    enough = n >= s.min_sample_size
+    for f in s.features:
+        per = counts.get(f + MISSING, {})
+        size = sum(per.values())
+        if not size:
+            continue
+        rate = per.get(1, 0) / size
+        ref_rate = float(ref.missing.get(f, 0.0))
+        decision = (
+            decide_rate_change(rate, size, ref_rate, ref.events or None, alpha, s.missing_min_effect)
+            if enough
+            else None
+        )
+        sign = 1.0 if rate >= ref_rate else -1.0
+        threshold = ref_rate + sign * decision.threshold if decision else None
+        status = "insufficient" if not enough else (decision.level or "ok")
+        row = metric_row(
+            model, version, f, "missing_rate", rate, size, status, ref.reference_id, start, end,
+            threshold=threshold, **extra,
+        )  # fmt: skip
+        alert = None
+        if decision is not None:
+            alert = AlertInput(
+                Breach(
+                    decision.level,
+                    rate,
+                    threshold,
+                    {"missing_rate": round(ref_rate, 6), "sample_size": ref.events},
+                    {"missing_rate": round(rate, 6), "change": round(rate - ref_rate, 6)},
+                ),
+                start,
+                end,
+                size,
+            )
+        yield row, alert
 
 
-def _rate_metrics(model, version, n, counts, ref, start, end) -> Iterator[tuple[dict, tuple | None]]:
+def _metric_row(model, version, signal, metric, value, size, status, ref, start, end) -> dict:
+    """Kept for callers of the old private name (use ``records.metric_row``)."""
+    return metric_row(model, version, signal, metric, value, size, status, ref.reference_id, start, end)
+
+
+def _rate_metrics(model, version, n, counts, ref, start, end) -> Iterator[tuple[dict, AlertInput | None]]:
     """Traffic volume (recorded) and the rate detectors (recorded and alerted)."""
     s = ref.settings
-    yield _metric_row(model, version, "events", "count", float(n), n, "ok", ref, start, end), None
+    rid = ref.reference_id
+    yield metric_row(model, version, "events", "count", float(n), n, "ok", rid, start, end), None
     thresholds = {name: (w, c) for name, w, c in s.rates}
     for rate, per in sorted((k, v) for k, v in counts.items() if k in RATE_DETECTORS):
         size = sum(per.values())
@@ -341,15 +401,21 @@ def _rate_metrics(model, version, n, counts, ref, start, end) -> Iterator[tuple[
         warning, critical = thresholds[rate]
         level = severity(value, warning, critical) if enough and value is not None else None
         status = "insufficient" if not enough else (level or "ok")
-        row = _metric_row(
-            model, version, rate.removesuffix("_rate"), rate, value, size, status, ref, start, end
-        )
-        breach = (
-            (level, value, critical if level == "critical" else warning, {}, {"rate": value})
+        threshold = critical if level == "critical" else warning
+        row = metric_row(
+            model, version, rate.removesuffix("_rate"), rate, value, size, status, rid, start, end,
+            threshold=threshold,
+        )  # fmt: skip
+        alert = (
+            AlertInput(Breach(level, value, threshold, {}, {"rate": value}), start, end, size)
             if enough
             else None
         )
-        yield row, breach
+        yield row, alert
+
+
+#: the detector name (and series suffix) of each alerting metric
+DETECTORS = {**RATE_DETECTORS, "missing_rate": "missing"}
 
 
 class _WindowStatsFn(beam.DoFn):
@@ -361,18 +427,16 @@ class _WindowStatsFn(beam.DoFn):
         ref = baseline or self.references[model]
         start, end = _utc(win.start), _utc(win.end)
         counter("monitor_windows").inc()
-        for row, breach in window_metrics(model, version, n, counts, ref, start, end):
+        for row, alert in window_metrics(model, version, n, counts, ref, start, end):
             yield beam.pvalue.TaggedOutput(DRIFT_METRICS, row)
-            if breach is not None:
-                detector = RATE_DETECTORS.get(row["metric"], "psi")
-                yield (
-                    f"{model}\x00{version}\x00{row['signal']}\x00{detector}",
-                    (breach, start, end, row["sample_size"]),
-                )
+            if alert is not None:
+                detector = DETECTORS.get(row["metric"], row["metric"])
+                yield series_key(model, version, row["signal"], detector), alert
 
 
-class _AlertFn(beam.DoFn):
-    """Per series: severity with cooldown; emits CloudEvents (warning / critical / resolved)."""
+class AlertFn(beam.DoFn):
+    """The one alerting step. Per series: severity with cooldown; emits CloudEvents
+    (warning / critical / resolved) from ``AlertInput`` records of every monitor."""
 
     STATE = ReadModifyWriteStateSpec("alert", PickleCoder())
 
@@ -380,10 +444,12 @@ class _AlertFn(beam.DoFn):
         self.settings = dict(settings)
 
     def process(self, element, state=beam.DoFn.StateParam(STATE)) -> Iterator[dict]:
-        series, ((level, value, threshold, ref_summary, cur_summary), start, end, size) = element
+        series, (breach, start, end, size) = element
+        level, value, threshold, ref_summary, cur_summary = breach
         model, version, signal, detector = series.split("\x00")
         st: AlertState = state.read() or AlertState()
-        cooldown = dt.timedelta(seconds=self.settings[model].cooldown_s)
+        s = self.settings.get(model) or DriftSettings()
+        cooldown = dt.timedelta(seconds=s.cooldown_s)
         emit = st.update(level, end, cooldown)
         state.write(st)
         if emit is None:
@@ -403,6 +469,9 @@ class _AlertFn(beam.DoFn):
             reference=ref_summary,
             current=cur_summary,
         )
+
+
+_AlertFn = AlertFn  # the name the pipelines import
 
 
 class _TrafficCountFn(beam.DoFn):
@@ -491,18 +560,6 @@ def anomaly_row(event: dict) -> dict:
     }
 
 
-def monitor_windows(window_s: int, allowed_lateness_s: int, period_s: int = 0) -> beam.WindowInto:
-    """The monitors' event-time windows (fixed, or sliding every ``period_s``): fire at the
-    watermark, then late rows within the allowed lateness re-fire a window at most every
-    LATE_FIRING_DELAY_S (accumulating)."""
-    return beam.WindowInto(
-        window.SlidingWindows(window_s, period_s) if period_s else window.FixedWindows(window_s),
-        trigger=trigger.AfterWatermark(late=trigger.AfterProcessingTime(LATE_FIRING_DELAY_S)),
-        accumulation_mode=trigger.AccumulationMode.ACCUMULATING,
-        allowed_lateness=allowed_lateness_s,
-    )
-
-
 class MonitorDrift(beam.PTransform):
     """Audit rows (event-time stamped) or row batches -> {"drift_metrics": rows, "anomalies": CloudEvents}."""
 
@@ -524,8 +581,6 @@ class MonitorDrift(beam.PTransform):
         self.step_s = period_s or window_s
         self.bounded = bounded
         self.warmup = dict(warmup or {})
-        from transforms.monitors.reference import drift_settings
-
         self.settings = {n: r.settings for n, r in references.items()}
         self.settings.update({n: drift_settings(spec) for n, spec in self.warmup.items()})
         if window_s <= 0 or allowed_lateness_s < 0:
@@ -571,6 +626,6 @@ class MonitorDrift(beam.PTransform):
         anomalies = (
             (stats.breaches | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()), traffic)
             | "AllBreaches" >> beam.Flatten()
-            | "Alert" >> beam.ParDo(_AlertFn(self.settings))
+            | "Alert" >> beam.ParDo(AlertFn(self.settings))
         )
         return {DRIFT_METRICS: stats[DRIFT_METRICS], ANOMALIES: anomalies}

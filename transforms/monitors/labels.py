@@ -43,6 +43,8 @@ from apache_beam.utils.timestamp import Timestamp
 
 from transforms.metrics import counter
 from transforms.monitors.alerts import severity
+from transforms.monitors.records import DRIFT_METRICS, AlertInput, Breach, metric_row, series_key
+from transforms.monitors.windows import monitor_windows
 from transforms.rows import from_micros
 
 #: (model, version, prediction event time us, prediction label, prediction value)
@@ -327,8 +329,6 @@ class _PerformanceFn(beam.DoFn):
         self.window_s = window_s
 
     def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
-        from transforms.monitors.drift import DRIFT_METRICS, _metric_row
-
         (model, version), (n, total, total_sq) = element
         start = from_micros(int(win.start.micros))
         end = start + dt.timedelta(seconds=self.window_s)
@@ -340,21 +340,19 @@ class _PerformanceFn(beam.DoFn):
             limit = limits.get(metric)
             level = severity(value, *limit) if limit and enough else None
             status = "insufficient" if not enough else (level or "ok")
-            row = _metric_row(model, version, metric, metric, value, n, status, _Ref(model), start, end)
+            threshold = (limit[1] if level == "critical" else limit[0]) if limit else None
+            row = metric_row(
+                model, version, metric, metric, value, n, status, f"{model}@labels", start, end,
+                threshold=threshold, baseline="labels",
+            )  # fmt: skip
             yield beam.pvalue.TaggedOutput(DRIFT_METRICS, row)
             if limit and enough:
-                threshold = limit[1] if level == "critical" else limit[0]
                 yield (
-                    f"{model}\x00{version}\x00{metric}\x00accuracy",
-                    ((level, value, threshold, {"limit": limit[0]}, {metric: value}), start, end, n),
+                    series_key(model, version, metric, "accuracy"),
+                    AlertInput(
+                        Breach(level, value, threshold, {"limit": limit[0]}, {metric: value}), start, end, n
+                    ),
                 )
-
-
-class _Ref:
-    """What ``_metric_row`` reads of a reference (performance needs none)."""
-
-    def __init__(self, model: str) -> None:
-        self.model, self.version = model, "labels"
 
 
 def _sum3(values) -> tuple[int, float, float]:
@@ -376,8 +374,6 @@ class MonitorPerformance(beam.PTransform):
         self.window_s, self.allowed_lateness_s, self.period_s = window_s, allowed_lateness_s, period_s
 
     def expand(self, outcomes) -> dict[str, beam.PCollection]:
-        from transforms.monitors.drift import DRIFT_METRICS, monitor_windows
-
         stats = (
             outcomes
             | "Key" >> beam.Map(lambda o: ((o[0], o[1]), (1, o[3], o[3] * o[3])))

@@ -1,9 +1,12 @@
 """Reference distributions per model version, from a sample of valid events (JSON file).
 
 Signals: every numeric and categorical feature of the spec, ``prediction.score``,
-``prediction.value``, ``prediction.label`` and ``latency_ms``. The monitors compare each
-event-time window against this; without a reference file they warm up on the first N
-valid events of the version.
+``prediction.value``, ``prediction.label`` and ``latency_ms``; plus each spec feature's
+missing-value rate. A seasonal reference (``seasonality`` daily / weekly) also holds a
+profile per hour of day / of week, built from the reference events in that hour: a window is
+compared with the profiles of the hours its events fall in. The monitors compare each
+event-time window against this; without a reference file they warm up on the first N valid
+events of the version.
 """
 
 from __future__ import annotations
@@ -16,9 +19,20 @@ from typing import Any
 import orjson
 
 from schemas.specs import ModelSpec
-from transforms.monitors.stats import Reference, categorical_reference, numeric_reference, reference_from_json
+from transforms.monitors.settings import SLOTS, ModelReference, drift_settings, season_slot
+from transforms.monitors.stats import (
+    CategoricalReference,
+    Reference,
+    categorical_reference,
+    numeric_reference,
+    reference_from_json,
+)
 
 FORMAT = "predaudit.reference/v1"
+#: a seasonal slot needs this many values of a signal for its own profile (else: the overall one)
+MIN_PROFILE_VALUES = 50
+
+__all__ = ["FORMAT", "build_reference", "drift_settings", "load_reference", "model_references"]
 
 
 def _feature_values(features: Mapping[str, Any], spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
@@ -46,34 +60,103 @@ def signal_values(ev: Any, spec: ModelSpec) -> Iterable[tuple[str, str, object]]
         yield "latency_ms", "numeric", ev.latency_ms
 
 
+def _event_us(ev: Any) -> int:
+    from schemas.decode import parse_timestamp
+    from transforms.rows import to_micros
+
+    return to_micros(parse_timestamp(ev.event_time))
+
+
+class _Sample:
+    """Values per signal (overall and per seasonal slot) and missing counts per feature."""
+
+    def __init__(self, spec: ModelSpec, seasonality: str) -> None:
+        if seasonality not in SLOTS:
+            raise ValueError(f"seasonality {seasonality!r}: use one of {', '.join(SLOTS)}")
+        self.spec, self.seasonality = spec, seasonality
+        self.values: dict[str, list] = defaultdict(list)
+        self.slots: dict[int, dict[str, list]] = defaultdict(lambda: defaultdict(list))
+        self.kinds: dict[str, str] = {}
+        self.missing: dict[str, int] = dict.fromkeys((f.name for f in spec.features), 0)
+        self.n = 0
+
+    def add(self, features: Mapping[str, Any], signals: Iterable[tuple[str, str, object]], t_us: int) -> None:
+        self.n += 1
+        for name in self.missing:
+            if features.get(name) is None:
+                self.missing[name] += 1
+        slot = self.slots[season_slot(t_us, self.seasonality)] if self.seasonality != "none" else None
+        for signal, kind, v in signals:
+            self.values[signal].append(v)
+            self.kinds[signal] = kind
+            if slot is not None:
+                slot[signal].append(v)
+
+    def signals(self, bins: int, top_k: int) -> dict[str, Reference]:
+        seasonal = self.seasonality != "none"
+        return {
+            s: numeric_reference(v, bins, keep_ties=seasonal)
+            if self.kinds[s] == "numeric"
+            else categorical_reference(v, top_k)
+            for s, v in sorted(self.values.items())
+        }
+
+    def profiles(self, overall: Mapping[str, Reference], bins: int) -> dict[int, dict[str, Reference]]:
+        out: dict[int, dict[str, Reference]] = {}
+        for slot, per in sorted(self.slots.items()):
+            refs: dict[str, Reference] = {}
+            for s, v in sorted(per.items()):
+                if len(v) < MIN_PROFILE_VALUES:
+                    continue
+                base = overall[s]
+                if isinstance(base, CategoricalReference):  # the overall categories, slot proportions
+                    counts = base.bins(v)
+                    refs[s] = CategoricalReference(
+                        base.categories, tuple(float(c) / len(v) for c in counts), len(v)
+                    )
+                else:
+                    refs[s] = numeric_reference(v, bins, keep_ties=True)
+            out[slot] = refs
+        return out
+
+    def missing_rates(self) -> dict[str, float]:
+        return {f: c / self.n for f, c in sorted(self.missing.items())} if self.n else {}
+
+
 def build_reference(
-    events: Iterable[Any], spec: ModelSpec, version: str, bins: int = 10, top_k: int = 20
+    events: Iterable[Any],
+    spec: ModelSpec,
+    version: str,
+    bins: int = 10,
+    top_k: int = 20,
+    seasonality: str = "none",
 ) -> dict:
-    values: dict[str, list] = defaultdict(list)
-    kinds: dict[str, str] = {}
-    n = 0
+    """The reference document from decoded events (``seasonality``: none | daily | weekly)."""
+    sample = _Sample(spec, seasonality)
     for ev in events:
-        n += 1
-        for signal, kind, v in signal_values(ev, spec):
-            values[signal].append(v)
-            kinds[signal] = kind
-    if n == 0:
+        sample.add(ev.features, signal_values(ev, spec), _event_us(ev) if seasonality != "none" else 0)
+    if sample.n == 0:
         raise ValueError(
             f"no valid events of model {spec.name!r} version {version!r} to build a reference from"
         )
-    signals: dict[str, Reference] = {
-        s: numeric_reference(v, bins) if kinds[s] == "numeric" else categorical_reference(v, top_k)
-        for s, v in sorted(values.items())
-    }
-    return {
+    signals = sample.signals(bins, top_k)
+    doc = {
         "format": FORMAT,
         "model": spec.name,
         "version": version,
-        "events": n,
+        "events": sample.n,
         "bins": bins,
         "top_k": top_k,
         "signals": {s: r.to_json() for s, r in signals.items()},
+        "missing": sample.missing_rates(),
+        "seasonality": seasonality,
     }
+    if seasonality != "none":
+        doc["profiles"] = {
+            str(slot): {s: r.to_json() for s, r in refs.items()}
+            for slot, refs in sample.profiles(signals, bins).items()
+        }
+    return doc
 
 
 def load_reference(doc: dict) -> dict[str, Reference]:
@@ -82,13 +165,30 @@ def load_reference(doc: dict) -> dict[str, Reference]:
     return {s: reference_from_json(r) for s, r in doc["signals"].items()}
 
 
-def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -> dict[str, Any]:
+def reference_from_doc(doc: dict, spec: ModelSpec) -> ModelReference:
+    """A ``ModelReference`` from a reference document (older documents: no missing rates,
+    no seasonality)."""
+    return ModelReference(
+        spec.name,
+        doc["version"],
+        load_reference(doc),
+        drift_settings(spec),
+        missing=dict(doc.get("missing", {})),
+        events=int(doc.get("events", 0)),
+        baseline="reference",
+        seasonality=doc.get("seasonality", "none"),
+        profiles={
+            int(slot): {s: reference_from_json(r) for s, r in refs.items()}
+            for slot, refs in doc.get("profiles", {}).items()
+        },
+    )
+
+
+def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -> dict[str, ModelReference]:
     """The reference per model: ``<references_dir>/<model>.json`` or the spec's ``monitors.reference``.
 
     Models without one are monitored against a warm-up baseline (``transforms.monitors.drift``).
     """
-    from transforms.monitors.drift import ModelReference
-
     out = {}
     for name, spec in specs.items():
         candidates = [pathlib.Path(references_dir) / f"{name}.json"] if references_dir else []
@@ -100,28 +200,8 @@ def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -
         doc = orjson.loads(path.read_bytes())
         if doc.get("model") != name:
             raise ValueError(f"{path}: reference is for model {doc.get('model')!r}, not {name!r}")
-        out[name] = ModelReference(name, doc["version"], load_reference(doc), drift_settings(spec))
+        out[name] = reference_from_doc(doc, spec)
     return out
-
-
-def drift_settings(spec: ModelSpec) -> Any:
-    """The monitors' thresholds from a spec's ``monitors`` section."""
-    from transforms.monitors.drift import DriftSettings
-
-    m = spec.monitors
-    return DriftSettings(
-        m.min_sample_size,
-        m.psi.epsilon,
-        m.psi.warning,
-        m.psi.critical,
-        float(m.cooldown_seconds),
-        m.latency_slo_ms,
-        tuple(
-            (k, getattr(m, k).warning, getattr(m, k).critical)
-            for k in ("latency_over_slo", "error_rate", "quality_issue_rate")
-        ),
-        (m.traffic_drop.warning, m.traffic_drop.critical),
-    )
 
 
 def row_signal_values(row: Mapping[str, Any], spec: ModelSpec) -> Iterable[tuple[str, str, object]]:
@@ -134,27 +214,30 @@ def row_signal_values(row: Mapping[str, Any], spec: ModelSpec) -> Iterable[tuple
     [('a', 'numeric', 1.5), ('c', 'categorical', 'x'), ('latency_ms', 'numeric', 3.0), ('prediction.score', 'numeric', 0.2)]
     """
     yield from _feature_values(orjson.loads(row["features"]), spec)
-    for signal, col, kind in (
-        ("prediction.score", "prediction_score", "numeric"),
-        ("prediction.value", "prediction_value", "numeric"),
-        ("prediction.label", "prediction_label", "categorical"),
-        ("latency_ms", "latency_ms", "numeric"),
-    ):
+    yield from _row_predictions(row)
+
+
+def _row_predictions(row: Mapping[str, Any]) -> Iterable[tuple[str, str, object]]:
+    from transforms.monitors.signals import ROW_COLUMNS
+
+    for signal, (col, kind) in ROW_COLUMNS.items():
         if row.get(col) is not None:
             yield signal, kind, row[col]
+
+
+def warmup_baseline(
+    rows: Iterable[Mapping[str, Any]], spec: ModelSpec, version: str, bins: int = 10, top_k: int = 20
+) -> tuple[dict[str, Reference], dict[str, float], int]:
+    """Signals, missing rates and size of a baseline from the first rows of a version."""
+    sample = _Sample(spec, "none")
+    for row in rows:
+        features = orjson.loads(row["features"])
+        sample.add(features, (*_feature_values(features, spec), *_row_predictions(row)), 0)
+    return sample.signals(bins, top_k), sample.missing_rates(), sample.n
 
 
 def warmup_reference(
     rows: Iterable[Mapping[str, Any]], spec: ModelSpec, version: str, bins: int = 10, top_k: int = 20
 ) -> dict[str, Reference]:
     """A reference from the first rows of a version (the warm-up baseline)."""
-    values: dict[str, list] = defaultdict(list)
-    kinds: dict[str, str] = {}
-    for row in rows:
-        for signal, kind, v in row_signal_values(row, spec):
-            values[signal].append(v)
-            kinds[signal] = kind
-    return {
-        s: numeric_reference(v, bins) if kinds[s] == "numeric" else categorical_reference(v, top_k)
-        for s, v in sorted(values.items())
-    }
+    return warmup_baseline(rows, spec, version, bins, top_k)[0]

@@ -16,6 +16,8 @@ import statistics
 from collections.abc import Iterator
 
 from transforms.monitors.alerts import severity
+from transforms.monitors.records import AlertInput, Breach, series_key
+from transforms.rows import from_micros
 
 
 @dataclasses.dataclass
@@ -99,19 +101,15 @@ def _judge(state: TrafficState, start_us: int, count: int, s: TrafficSettings) -
 def breaches(
     model: str, version: str, verdicts: list[TrafficVerdict], window_us: int, s: TrafficSettings
 ) -> Iterator:
-    """Alert inputs in the shape ``drift._AlertFn`` takes (judged windows only)."""
-    from transforms.rows import from_micros
-
+    """``AlertInput`` records for the alerting step (judged windows only)."""
     for v in verdicts:
         if v.ratio is None:
             continue
         threshold = s.critical if v.level == "critical" else s.warning
+        breach = Breach(
+            v.level, v.ratio, threshold, {"baseline_median": v.baseline_median}, {"count": v.count}
+        )
         yield (
-            f"{model}\x00{version}\x00events\x00traffic",
-            (
-                (v.level, v.ratio, threshold, {"baseline_median": v.baseline_median}, {"count": v.count}),
-                from_micros(v.start_us),
-                from_micros(v.start_us + window_us),
-                v.count,
-            ),
+            series_key(model, version, "events", "traffic"),
+            AlertInput(breach, from_micros(v.start_us), from_micros(v.start_us + window_us), v.count),
         )
