@@ -763,3 +763,22 @@ def test_an_fsync_of_a_segment_rotation_closed_meanwhile_is_no_error(
     assert errors == [] and len(segment_files(tmp_path)) == 2
     monkeypatch.undo()
     s.close()
+
+
+def test_interval_mode_fsyncs_in_the_background(tmp_path: pathlib.Path, monkeypatch) -> None:
+    s = Spool(tmp_path, fsync="interval", fsync_interval_s=0.01)
+    synced: list[str] = []
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        if threading.current_thread().name == "spool-fsync":
+            synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    fake = FakeOs()
+    monkeypatch.setattr(spool_module, "os", fake)
+    monkeypatch.setattr(fake, "fsync", fsync, raising=False)
+    s.append([rec(0)])  # no rotation, no close: only the background thread fsyncs it
+    wait_for(lambda: str(tmp_path / "seg-00000000000000000001.log") in synced, "a background fsync")
+    monkeypatch.undo()
+    s.close()
