@@ -3,9 +3,9 @@
 The streaming graph (``pipelines.audit_pipeline.build``: validate, dedup by identity,
 hourly integrity records, the sinks) reads a TestStream in place of Pub/Sub: the same
 RawMessages its Pub/Sub read makes, with publish times, then the watermark passes the event
-hours so each hour's final integrity pane fires (no processing-time wait). Then
-``predaudit verify`` finds the table clean, and an admin ``ALTER TABLE ... UPDATE`` in chDB
-is reported with the identity it changed.
+hours so each hour's integrity pane fires (no processing-time wait). Both sinks: chDB and
+bqemulator through the Storage Write API. Then ``predaudit verify`` finds both clean, and an
+admin ``ALTER TABLE ... UPDATE`` in chDB is reported with the identity it changed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,8 @@ from apache_beam.testing import test_stream
 from apache_beam.transforms.window import TimestampedValue
 
 from pipelines import audit_pipeline, verify
-from schemas.tables import create_clickhouse_tables
+from schemas.tables import create_bigquery_tables, create_clickhouse_tables
+from tests.conftest import BQ_PROJECT
 from tests.helpers import event
 from transforms.deadletters import RawMessage
 
@@ -47,7 +48,7 @@ def messages() -> list[RawMessage]:
 
 
 def test_streamed_rows_verify_clean_then_an_admin_update_is_reported(
-    monkeypatch, chdb_path, chdb_client, ch_database
+    monkeypatch, chdb_path, chdb_client, ch_database, bq_emulator, bq_client, bq_dataset
 ) -> None:
     msgs = messages()
 
@@ -61,10 +62,15 @@ def test_streamed_rows_verify_clean_then_an_admin_update_is_reported(
 
     monkeypatch.setattr(audit_pipeline, "_read", read)  # only the Pub/Sub read is replaced
     create_clickhouse_tables(chdb_client, ch_database)
+    create_bigquery_tables(bq_client, BQ_PROJECT, bq_dataset, views=False)
+    bq = [f"--bq_project={BQ_PROJECT}", f"--bq_dataset={bq_dataset}", f"--bq_endpoint={bq_emulator.endpoint}"]
     opts = audit_pipeline.streaming_options(
         [
             "--predictions_subscription=projects/verify-e2e/subscriptions/predictions-audit",
-            "--sinks=clickhouse",
+            "--sinks=clickhouse,bigquery",
+            *bq,
+            # the BigQuery sink's default path: the Storage Write API (COMMITTED stream, offsets)
+            f"--bq_write_endpoint={bq_emulator.grpc_endpoint}",
             f"--clickhouse_dsn=chdb://{chdb_path}",
             f"--clickhouse_database={ch_database}",
             "--monitors=off",
@@ -91,9 +97,10 @@ def test_streamed_rows_verify_clean_then_an_admin_update_is_reported(
         f"--clickhouse_dsn=chdb://{chdb_path}",
         f"--clickhouse_database={ch_database}",
     ]
-    out = io.StringIO()
-    assert verify.run([*args, *RANGE], out) == 0, out.getvalue()
-    assert "clean" in out.getvalue() and "10 rows" in out.getvalue(), out.getvalue()
+    for sink_args in (args, ["--sink", "bigquery", *bq]):
+        out = io.StringIO()
+        assert verify.run([*sink_args, *RANGE], out) == 0, out.getvalue()
+        assert "clean" in out.getvalue() and "10 rows" in out.getvalue(), out.getvalue()
 
     chdb_client.command(
         f"ALTER TABLE {db}.predictions UPDATE prediction_label = 'legit' WHERE event_id = 'evt-00000006'",
