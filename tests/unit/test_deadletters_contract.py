@@ -83,9 +83,18 @@ def red() -> PayloadRedactor:
         (b'{"ssn": "open', b'{"ssn": "pii:dropped"', ["open"]),
         (b'{"ssn": [1, {"a": 2', b'{"ssn": "pii:dropped"', ['[1, {"a": 2']),
         (b'{"ssn": ["a\\', b'{"ssn": "pii:dropped"', ['["a\\']),
+        # a separator or closer inside a quoted value is part of the value
+        (b'{"ssn": "a,b", x: NaN}', b'{"ssn": "pii:dropped", x: NaN}', ["a,b"]),
+        (b"{'ssn': 'a,b', x: NaN}", b"{'ssn': \"pii:dropped\", x: NaN}", ["a,b"]),
+        (b'{"ssn": "a\\"", "b": 1, NaN', b'{"ssn": "pii:dropped", "b": 1, NaN', ['a"']),
+        (b'{"ssn": ["\\"", 1], "a": 2, NaN', b'{"ssn": "pii:dropped", "a": 2, NaN', ['["\\"", 1]']),
+        # a bare value running to the end; one trailing blank
+        (b"{ssn: 12", b'{ssn: "pii:dropped"', ["12"]),
+        (b"{ssn: 12 , x}", b'{ssn: "pii:dropped" , x}', ["12"]),
         # a key at the very end (no value) and a key with an empty value are left alone
         (b'{"x": 1, "ssn": ', b'{"x": 1, "ssn": ', []),
         (b'{"ssn": , "email": ,x', b'{"ssn": , "email": ,x', []),
+        (b'{"email": , "ssn": "12", x', b'{"email": , "ssn": "pii:dropped", x', ["12"]),
         # null is not a PII value (nothing to scrub) but the token is still replaced
         (b'{"ssn": null, x: NaN}', b'{"ssn": "pii:dropped", x: NaN}', []),
         (b'{"ssn":null}x', b'{"ssn":"pii:dropped"}x', []),
@@ -356,7 +365,7 @@ def test_a_conflicting_duplicate_names_the_identity_and_keeps_its_id_across_runs
         "evidence. Fix the producer: one event_id per prediction and model, re-sent only unchanged"
     )
     assert d["dead_letter_id"] == sha(f"dedup\x00conflicting_duplicate\x00{'ab' * 32}\x00m-9")
-    assert orjson.loads(d["payload_text"]) == ROW
+    assert orjson.loads(d["payload_text"]) == ROW and d["attributes"] == '{"table":"predictions"}'
     label = conflict_dead_letter("labels", ROW, "first")
     assert label["kind"] == "label"
     assert label["error_message"].startswith("labels: a later copy of label for evt-1 with different")
