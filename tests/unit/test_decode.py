@@ -463,3 +463,27 @@ def test_label_errors_name_the_field_and_the_rule() -> None:
         "Object missing required field `label`",
     )
     assert error_of(DEC.label, b"[1]") == ("not_an_object", "$", "expected a JSON object, got list")
+
+
+def test_small_payloads_still_get_every_length_limit() -> None:
+    """The unconstrained fast decoder only takes payloads too small to break a limit."""
+    short_strings = Decoders(Limits(max_string_length=10))
+    payload = raw(event(features={"a": "x" * 11}, metadata=None, request_id=None, prediction={"score": 0.5}))
+    assert len(payload) < 2 * 4096  # far below the vector bound: only the string limit protects it
+    assert error_of(short_strings.prediction, payload)[:2] == ("string_too_long", "$.features.a")
+    assert short_strings.prediction(payload.replace(b'"x' + b"x" * 10, b'"' + b"x" * 10))[0]
+    short_vectors = Decoders(Limits(max_vector_length=300))
+    vector = raw(event(features={"v": [0] * 301}, metadata=None, request_id=None, prediction={"score": 0.5}))
+    assert len(vector) < 3 * 300  # a payload this small can still hold one element too many
+    assert error_of(short_vectors.prediction, vector)[:2] == ("vector_too_long", "$.features.v")
+    assert short_vectors.prediction(vector.replace(b"[0,", b"[", 1))[0].features["v"] == [0.0] * 300
+    label = orjson.loads(LABEL) | {"label": "y" * 11}
+    assert error_of(short_strings.label, orjson.dumps(label))[:2] == ("string_too_long", "$.label")
+
+
+def test_large_labels_and_newer_minor_events_get_the_length_limits() -> None:
+    long_label = orjson.dumps(orjson.loads(LABEL) | {"label": "y" * 4097})
+    assert error_of(DEC.label, long_label)[:2] == ("string_too_long", "$.label")
+    assert DEC.label(orjson.dumps(orjson.loads(LABEL) | {"label": "y" * 4096}))[0].label == "y" * 4096
+    newer = raw(event(schema_version="1.1", trace="t", request_id="r" * 4097))
+    assert error_of(DEC.prediction, newer)[:2] == ("string_too_long", "$.request_id")
