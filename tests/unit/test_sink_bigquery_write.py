@@ -35,7 +35,6 @@ from transforms.sinks.bigquery import (
     BigQuerySinkFn,
     RowsNotWritten,
     StreamLost,
-    WriteApi,
     batch_id,
     encode_row,
     row_class,
@@ -311,14 +310,18 @@ def test_commit_refusals_and_empty_answers_are_not_written(service) -> None:
         assert drive(sink(), [pred_row(1)]) == []  # no answer: retried (transient), then written
         assert c("bigquery_retries") == 1
     assert ids(svc.tables["predictions"]) == ids([pred_row(1)])
-    api = WriteApi(svc)
-    parent = "projects/p/datasets/audit/tables/labels"
-    stream = api.create(parent, pending=True)
+    # a commit the service refuses is about the stream, not its rows: never dead letters;
+    # retried on a new stream, and replay stops when it keeps being refused
     svc.commit_errors = ["stream has schema errors"]
-    with pytest.raises(AppendFailed, match="commit refused: stream has schema errors") as info:
-        api.commit(parent, stream)
-    assert isinstance(info.value.__cause__, gexc.FailedPrecondition)
-    assert "labels" not in svc.tables
+    assert drive(sink(), [pred_row(2), pred_row(3)]) == []
+    assert ids(svc.tables["predictions"]) == ids([pred_row(i) for i in (1, 2, 3)])
+    svc.commit_errors = ["stream has schema errors"] * 3
+    with pytest.raises(Exception) as info:
+        drive(sink(), [pred_row(4), pred_row(5)])
+    failure = find_sink_failure(info.value)
+    assert failure is not None and failure.code == "unreachable"
+    assert "refused: stream has schema errors" in failure.reason
+    assert ids(svc.tables["predictions"]) == ids([pred_row(i) for i in (1, 2, 3)])
 
 
 # -- streaming: one COMMITTED stream, explicit offsets ----------------------------------------

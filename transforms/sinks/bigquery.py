@@ -408,11 +408,9 @@ class WriteApi:
         resp = self.client.batch_commit_write_streams(
             request=types.BatchCommitWriteStreamsRequest(parent=parent, write_streams=[stream]), retry=None
         )
-        if resp.stream_errors:
-            err = resp.stream_errors[0]
-            raise AppendFailed(f"commit refused: {err.error_message}") from status_exception(
-                9, f"commit of {stream} refused: {err.error_message}"
-            )
+        if resp.stream_errors:  # a stream-level refusal, never the rows': retried on a new stream
+            err = resp.stream_errors[0]  # (FAILED_PRECONDITION would read as a row refusal: bisected)
+            raise StreamLost(f"commit of {stream} refused: {err.error_message}")
 
 
 def _byte_chunks(encoded: list[bytes]) -> Iterator[tuple[int, list[bytes]]]:
