@@ -205,7 +205,7 @@ def test_dataflow_runner_dry_run_constructs_the_job(bq_emulator, bq_client, monk
         f"--bq_endpoint={bq_emulator.endpoint}",
     ]  # fmt: skip
     assert main(argv, io.StringIO()) == 0
-    (job,) = jobs
+    (job,) = {id(j): j for j in jobs}.values()  # Beam's run() re-enters run() on a copy: one job
     names = {t.unique_name for t in job.proto_pipeline.components.transforms.values()}
     for step in ("ReadPredictions", "ValidatePredictions", "DedupPredictions", "ReadLabels", "Write"):
         assert step in names, step
