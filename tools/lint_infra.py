@@ -9,7 +9,7 @@
 Prints one line per problem and exits 1 when there is any, 2 when a tool is missing (the line
 says how to install it). checkov pins packages that conflict with the project's (e.g. an old
 ``packaging``) and ships its own ``hcl2`` module, so it lives in its own virtualenv: ``$CHECKOV``,
-else ``.venv-lint/bin/checkov``, else ``checkov`` on PATH.
+else ``.venv/checkov/bin/checkov`` (the Makefile's lint target makes it), else ``checkov`` on PATH.
 """
 
 from __future__ import annotations
@@ -92,7 +92,7 @@ def check_terraform(root: pathlib.Path = ROOT) -> list[str]:
         except Exception as exc:  # noqa: BLE001 - any parser error is the finding
             problems.append(f"{rel}: does not parse: {str(exc).splitlines()[0]}")
         problems += unjustified_skips(text, rel)
-    cmd = [_tool("checkov", "CHECKOV", ".venv-lint"), "-d", str(folder.relative_to(root)), "--framework",
+    cmd = [_tool("checkov", "CHECKOV", ".venv/checkov"), "-d", str(folder.relative_to(root)), "--framework",
            "terraform", "--skip-download", "--quiet", "--compact"]  # fmt: skip
     problems += _run(cmd, "checkov")
     return problems
