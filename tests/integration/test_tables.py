@@ -347,3 +347,46 @@ def test_clickhouse_view_lookups_read_what_the_table_reads(chdb_client, ch_datab
         f"SELECT event_id, request_id FROM `{ch_database}`.predictions_dedup WHERE request_id = 'r4242'"
     ).result_rows
     assert got == [("e4242", "r4242")]
+
+
+def test_clickhouse_view_keeps_the_first_copy_under_concurrent_inserts(
+    chdb_path, chdb_client, ch_database
+) -> None:
+    """Three writers insert copies of the same 50 identities at once, the one with the
+    earliest ingest times last to start: each identity's not-first copies are found (a
+    writer's lookup runs after its own rows are committed, so of two racing inserts the
+    later lookup sees both)."""
+    import threading
+
+    import clickhouse_connect
+
+    create_clickhouse_tables(chdb_client, ch_database)
+    names = PREDICTIONS.column_names
+    errors: list[BaseException] = []
+
+    def writer(offset: int, tag: str) -> None:
+        try:
+            client = clickhouse_connect.get_client(dsn=f"chdb://{chdb_path}")
+            for i in range(5):
+                rows = [
+                    _copy("fraud", f"e{k}", offset + k, f"{tag}-{k}", tag, 1.0)
+                    for k in range(i * 10, i * 10 + 10)
+                ]
+                client.insert(
+                    f"`{ch_database}`.predictions",
+                    [[r.get(n) for n in names] for r in rows],
+                    column_names=names,
+                    settings={"insert_deduplication_token": f"{tag}-{i}"},
+                )
+        except BaseException as exc:  # noqa: BLE001 -- re-raised in the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=a) for a in ((1, "a"), (2, "b"), (0, "c"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert chdb_client.command(f"SELECT count() FROM `{ch_database}`.predictions") == 150
+    got = chdb_client.query(f"SELECT request_id FROM `{ch_database}`.predictions_dedup").result_rows
+    assert sorted(r for (r,) in got) == sorted(f"c-{k}" for k in range(50))
