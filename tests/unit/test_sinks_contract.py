@@ -493,6 +493,7 @@ def test_redact_dsn_removes_every_password_and_nothing_else() -> None:
     assert redact_dsn("http://u:p@h:8123/db?secure=0#f") == "http://u@h:8123/db?secure=0#f"
     assert redact_dsn("https://h/?user=u&PASSWORD=x&a=1") == "https://h/?user=u&a=1"
     assert redact_dsn("https://u:p:q@h") == "https://u@h"
+    assert redact_dsn("https://u:p@ss@h/") == "https://u@h/"  # an @ in the password
     assert redact_dsn("http://h:8123/?secure=1") == "http://h:8123/?secure=1"
 
 
@@ -500,7 +501,9 @@ def test_loopback_hosts() -> None:
     from transforms.sinks.clickhouse import is_loopback
 
     assert [is_loopback(h) for h in ("[::1]", "LOCALHOST", "127.0.0.9", "ip6-localhost")] == [True] * 4
-    assert [is_loopback(h) for h in ("10.0.0.1", "127.evil.example", "ch.example", "::2")] == [False] * 4
+    assert [is_loopback(h) for h in ("10.0.0.1", "127.evil.example", "ch.example", "::2", "Xlocalhost")] == [
+        False
+    ] * 5
 
 
 def test_plain_http_to_another_host_warns_once_per_host(caplog) -> None:
@@ -510,12 +513,14 @@ def test_plain_http_to_another_host_warns_once_per_host(caplog) -> None:
     with caplog.at_level(logging.WARNING, logger="transforms.sinks.clickhouse"):
         assert warn_plain_http(f"http://u:pw@{host}:8123") is True
         assert warn_plain_http(f"http://u:pw@{host}:8123") is False
+        assert warn_plain_http(f"http://u:pw@second-{host}:8123") is True  # another host: its own warning
         assert warn_plain_http(f"https://u:pw@other-{host}") is False
         assert warn_plain_http("http://u:pw@127.0.0.1:8123") is False
     lines = [r.getMessage() for r in caplog.records if r.name == "transforms.sinks.clickhouse"]
     assert lines == [
-        f"clickhouse: http://u@{host}:8123 is plain HTTP to a non-loopback host: the password crosses "
+        f"clickhouse: http://u@{h}:8123 is plain HTTP to a non-loopback host: the password crosses "
         "the network unencrypted; use https://"
+        for h in (host, f"second-{host}")
     ]
 
 
@@ -693,3 +698,10 @@ def test_exhausted_retries_are_a_sink_failure_verdict_with_the_reachability_fix(
         "check that ClickHouse at https://u@h:8443 is up and reachable",
     )
     assert MemorySink("x").is_transient(ConnectionError()) and not MemorySink("x").is_transient(SinkDown())
+
+
+def test_a_policy_of_no_attempts_never_calls_and_never_returns_silently() -> None:
+    called: list[int] = []
+    with pytest.raises(AssertionError, match="^unreachable$"):
+        call_with_retries(lambda: called.append(1), lambda e: True, RetryPolicy(attempts=0))
+    assert called == []
