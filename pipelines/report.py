@@ -1,4 +1,4 @@
-"""``predaudit report``: one self-contained HTML page from the audit tables (ClickHouse / chDB).
+"""``predaudit report``: one self-contained HTML page from the audit tables (ClickHouse / chDB or BigQuery).
 
 Per model: traffic, latency p50/p95/p99, error and data-quality rates, accuracy / MAE from the
 label join, each signal's drift statistic (PSI) per monitor window with the spec's warning and
@@ -27,6 +27,7 @@ import html
 import json
 import math
 import pathlib
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
@@ -35,6 +36,7 @@ PROG = "predaudit report"
 DEFAULT_SPECS = pathlib.Path(__file__).resolve().parent.parent / "schemas" / "models"
 TOP_DRIFTED = 3  # histograms for this many signals (highest PSI in the period)
 COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f")
+IS_ERROR = "status = 'error'"
 SEVERITY_COLORS = {"warning": "#f0a000", "critical": "#d62728", "resolved": "#2ca02c"}
 
 
@@ -365,22 +367,12 @@ def bar_chart(
 
 
 def _q(text: str) -> str:
-    """A ClickHouse string literal.
+    """A string literal (the same escaping in ClickHouse and GoogleSQL).
 
     >>> _q("it's")
     "'it\\\\'s'"
     """
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
-def _ts(t: dt.datetime) -> str:
-    return f"toDateTime64({_q(t.strftime('%Y-%m-%d %H:%M:%S.%f'))}, 6, 'UTC')"
-
-
-def _unix(v: Any) -> float:
-    if isinstance(v, dt.datetime):
-        return (v if v.tzinfo else v.replace(tzinfo=dt.timezone.utc)).timestamp()
-    return float(v)
 
 
 def _json(v: Any) -> dict:
@@ -393,8 +385,157 @@ def _json(v: Any) -> dict:
     return got if isinstance(got, dict) else {}
 
 
+def _json_path(name: str) -> str:
+    """A JSONPath literal for a top-level feature.
+
+    >>> print(_json_path("amount"), _json_path("a.b"))
+    '$.amount' '$."a.b"'
+    """
+    return _q(f"$.{name}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else f'$."{name}"')
+
+
+_COLUMNS = {
+    "prediction.score": "prediction_score",
+    "prediction.value": "prediction_value",
+    "prediction.label": "prediction_label",
+    "latency_ms": "latency_ms",
+}
+
+
+class ClickHouseSQL:
+    """The SQL pieces of the report in ClickHouse (26.x, also chDB)."""
+
+    name = "clickhouse"
+
+    def ts(self, t: dt.datetime) -> str:
+        return f"toDateTime64({_q(t.strftime('%Y-%m-%d %H:%M:%S.%f'))}, 6, 'UTC')"
+
+    def bucket(self, col: str, seconds: int) -> str:
+        return f"toUnixTimestamp(toStartOfInterval({col}, INTERVAL {seconds} SECOND))"
+
+    def count(self) -> str:
+        return "count()"
+
+    def count_if(self, cond: str) -> str:
+        return f"countIf({cond})"
+
+    def avg_if(self, expr: str, cond: str) -> str:
+        return f"avgIf({expr}, {cond})"
+
+    def ratio(self, a: str, b: str) -> str:
+        return f"{a} / nullIf({b}, 0)"
+
+    def quantile(self, q: float, col: str) -> str:
+        return f"quantile({q})({col})"
+
+    def has_issues(self) -> str:
+        return "notEmpty(quality_issues)"
+
+    def seconds(self, col: str) -> str:
+        return f"toUnixTimestamp64Micro({col}) / 1e6"
+
+    def latest(self, col: str, by: str) -> str:
+        return f"argMax({col}, {by})"
+
+    def first_per(self, table: str, where: str, key: str, order: str) -> str:
+        return f"(SELECT * FROM {table} WHERE {where} ORDER BY {order} LIMIT 1 BY {key})"
+
+    def signal(self, signal: str, kind: str) -> str:
+        """A monitor signal on a ``predictions`` row.
+
+        >>> ClickHouseSQL().signal("amount", "numeric"), ClickHouseSQL().signal("prediction.score", "numeric")
+        ("JSONExtract(features, 'amount', 'Nullable(Float64)')", 'prediction_score')
+        """
+        if signal in _COLUMNS:
+            return _COLUMNS[signal] if kind == "numeric" else f"toString({_COLUMNS[signal]})"
+        if kind == "numeric":
+            return f"JSONExtract(features, {_q(signal)}, 'Nullable(Float64)')"
+        return f"JSONExtractRaw(features, {_q(signal)})"
+
+    def category(self, value: Any, signal: str) -> str | None:
+        """A categorical value as the reference names it (``str`` of the JSON value).
+
+        >>> c = ClickHouseSQL(); c.category('"DE"', "country"), c.category("true", "x"), c.category("", "x")
+        ('DE', 'True', None)
+        """
+        if signal in _COLUMNS:
+            return value if value not in (None, "") else None
+        if value is None or value == "":
+            return None
+        try:
+            v = json.loads(value)
+        except ValueError:
+            return str(value)
+        return None if v is None else (v if isinstance(v, str) else str(v))
+
+
+class BigQuerySQL(ClickHouseSQL):
+    """The same pieces in GoogleSQL (``features`` a JSON column, as ``predaudit provision`` makes it)."""
+
+    name = "bigquery"
+
+    def ts(self, t: dt.datetime) -> str:
+        return f"TIMESTAMP({_q(t.strftime('%Y-%m-%d %H:%M:%S.%f+00'))})"
+
+    def bucket(self, col: str, seconds: int) -> str:
+        return f"DIV(UNIX_SECONDS({col}), {seconds}) * {seconds}"
+
+    def count(self) -> str:
+        return "COUNT(*)"
+
+    def count_if(self, cond: str) -> str:
+        return f"COUNTIF({cond})"
+
+    def avg_if(self, expr: str, cond: str) -> str:
+        return f"AVG(IF({cond}, {expr}, NULL))"
+
+    def ratio(self, a: str, b: str) -> str:
+        return f"SAFE_DIVIDE({a}, {b})"
+
+    def quantile(self, q: float, col: str) -> str:
+        return f"APPROX_QUANTILES({col}, 100)[OFFSET({round(q * 100)})]"
+
+    def has_issues(self) -> str:
+        return "ARRAY_LENGTH(quality_issues) > 0"
+
+    def seconds(self, col: str) -> str:
+        return f"UNIX_MICROS({col}) / 1e6"
+
+    def latest(self, col: str, by: str) -> str:
+        return f"MAX_BY({col}, {by})"
+
+    def first_per(self, table: str, where: str, key: str, order: str) -> str:
+        return (
+            f"(SELECT * EXCEPT(_rn) FROM (SELECT *, ROW_NUMBER() OVER (PARTITION BY {key} ORDER BY {order}) AS _rn "
+            f"FROM {table} WHERE {where}) WHERE _rn = 1)"
+        )
+
+    def signal(self, signal: str, kind: str) -> str:
+        """
+        >>> BigQuerySQL().signal("amount", "numeric")
+        "SAFE_CAST(JSON_VALUE(features, '$.amount') AS FLOAT64)"
+        """
+        if signal in _COLUMNS:
+            return _COLUMNS[signal]
+        if kind == "numeric":
+            return f"SAFE_CAST(JSON_VALUE(features, {_json_path(signal)}) AS FLOAT64)"
+        return f"JSON_VALUE(features, {_json_path(signal)})"
+
+    def category(self, value: Any, signal: str) -> str | None:
+        """``JSON_VALUE`` gives scalars as text; the reference names booleans as Python does.
+
+        >>> BigQuerySQL().category("true", "x"), BigQuerySQL().category("DE", "x")
+        ('True', 'DE')
+        """
+        if value is None:
+            return None
+        return {"true": "True", "false": "False"}.get(value, value) if signal not in _COLUMNS else value
+
+
 class ClickHouseSource:
     """The audit tables of one ClickHouse database (``chdb://`` or ``http(s)://``)."""
+
+    sql = ClickHouseSQL()
 
     def __init__(self, dsn: str, database: str) -> None:
         from transforms.sinks.clickhouse import clickhouse_client
@@ -403,44 +544,39 @@ class ClickHouseSource:
         self.where = f"clickhouse {database}"
         self.client = clickhouse_client(dsn)
 
+    def table(self, name: str) -> str:
+        return f"`{self.database}`.`{name}`"
+
     def rows(self, sql: str) -> list[tuple]:
-        return [tuple(r) for r in self.client.query(sql.replace("{db}", f"`{self.database}`")).result_rows]
+        return [tuple(r) for r in self.client.query(_tables(sql, self.table)).result_rows]
 
 
-def signal_sql(signal: str, kind: str) -> str:
-    """The SQL expression of a monitor signal on a ``predictions`` row.
+class BigQuerySource:
+    """The audit dataset in BigQuery (``--bq_endpoint``: an emulator, anonymous credentials)."""
 
-    >>> signal_sql("prediction.score", "numeric"), signal_sql("amount", "numeric")
-    ('prediction_score', "JSONExtract(features, 'amount', 'Nullable(Float64)')")
+    sql = BigQuerySQL()
+
+    def __init__(self, project: str, dataset: str, endpoint: str = "") -> None:
+        from transforms.sinks.bigquery import bigquery_client
+
+        self.project, self.dataset = project, dataset
+        self.where = f"bigquery {project}.{dataset}"
+        self.client = bigquery_client(project, endpoint)
+
+    def table(self, name: str) -> str:
+        return f"`{self.project}.{self.dataset}.{name}`"
+
+    def rows(self, sql: str) -> list[tuple]:
+        return [tuple(r.values()) for r in self.client.query(_tables(sql, self.table)).result()]
+
+
+def _tables(sql: str, table: Any) -> str:
+    """``{db}.name`` placeholders as the engine's table references.
+
+    >>> _tables("SELECT 1 FROM {db}.predictions", lambda n: f"`x`.`{n}`")
+    'SELECT 1 FROM `x`.`predictions`'
     """
-    column = {
-        "prediction.score": "prediction_score",
-        "prediction.value": "prediction_value",
-        "prediction.label": "prediction_label",
-        "latency_ms": "latency_ms",
-    }.get(signal)
-    if column:
-        return column
-    if kind == "numeric":
-        return f"JSONExtract(features, {_q(signal)}, 'Nullable(Float64)')"
-    return f"JSONExtractRaw(features, {_q(signal)})"
-
-
-def _category(raw: Any) -> str | None:
-    """A categorical value as the reference names it (str of the JSON value).
-
-    >>> _category('"DE"'), _category("true"), _category(""), _category("null")
-    ('DE', 'True', None, None)
-    """
-    if raw is None or raw == "":
-        return None
-    try:
-        v = json.loads(raw)
-    except ValueError:
-        return str(raw)
-    if v is None:
-        return None
-    return v if isinstance(v, str) else str(v)
+    return re.sub(r"\{db\}\.(\w+)", lambda m: table(m.group(1)), sql)
 
 
 @dataclasses.dataclass
@@ -504,26 +640,27 @@ def _references(references_dir: str, model: str) -> dict[str, Any]:
 
 
 def collect(
-    src: ClickHouseSource,
+    src: Any,
     model: str,
     lo: dt.datetime,
     hi: dt.datetime,
     specs: Mapping[str, Any],
     references_dir: str = "",
 ) -> ModelReport:
-    """Query one model's panels for event times in [lo, hi)."""
+    """Query one model's panels for event times in [lo, hi) (``src``: a ClickHouse or BigQuery source)."""
+    d = src.sql
     b = bucket_seconds(hi - lo)
     m = _q(model)
-    in_period = f"model_name = {m} AND event_time >= {_ts(lo)} AND event_time < {_ts(hi)}"
-    bucket = f"toUnixTimestamp(toStartOfInterval(event_time, INTERVAL {b} SECOND))"
+    in_period = f"model_name = {m} AND event_time >= {d.ts(lo)} AND event_time < {d.ts(hi)}"
+    bucket = d.bucket("event_time", b)
     traffic: dict[str, list] = {}
     latency: dict[str, list] = {"p50": [], "p95": [], "p99": []}
     rates: dict[str, list] = {"error rate": [], "data-quality issue rate": []}
     versions: set[str] = set()
     by_bucket: dict[float, list[float]] = {}
     for t, version, n, errors, quality in src.rows(
-        f"SELECT {bucket} AS t, model_version, count(), countIf(status = 'error'), "
-        f"countIf(notEmpty(quality_issues)) FROM {{db}}.predictions_dedup WHERE {in_period} "
+        f"SELECT {bucket} AS t, model_version, {d.count()}, {d.count_if(IS_ERROR)}, "
+        f"{d.count_if(d.has_issues())} FROM {{db}}.predictions_dedup WHERE {in_period} "
         "GROUP BY t, model_version ORDER BY t"
     ):
         versions.add(version)
@@ -535,47 +672,60 @@ def collect(
     for t, (n, errors, quality) in sorted(by_bucket.items()):
         rates["error rate"].append((t, errors / n))
         rates["data-quality issue rate"].append((t, quality / n))
-    for t, qs in src.rows(
-        f"SELECT {bucket} AS t, quantiles(0.5, 0.95, 0.99)(latency_ms) FROM {{db}}.predictions_dedup "
+    qs = ", ".join(d.quantile(q, "latency_ms") for q in (0.5, 0.95, 0.99))
+    for t, *values in src.rows(
+        f"SELECT {bucket} AS t, {qs} FROM {{db}}.predictions_dedup "
         f"WHERE {in_period} AND latency_ms IS NOT NULL GROUP BY t ORDER BY t"
     ):
-        for name, v in zip(("p50", "p95", "p99"), qs, strict=True):
+        for name, v in zip(("p50", "p95", "p99"), values, strict=True):
             if v is not None and math.isfinite(v):
                 latency[name].append((float(t), float(v)))
     accuracy: dict[str, list] = {"accuracy": [], "MAE": []}
-    for t, acc, mae in src.rows(
-        f"SELECT toUnixTimestamp(toStartOfInterval(p.event_time, INTERVAL {b} SECOND)) AS t, "
-        "countIf(l.label = p.prediction_label) / nullIf(countIf(p.prediction_label IS NOT NULL), 0), "
-        "avgIf(abs(l.label_numeric - p.prediction_value), l.label_numeric IS NOT NULL AND p.prediction_value IS NOT NULL) "
+    correct = d.count_if("l.label = p.prediction_label")
+    labelled = d.count_if("p.prediction_label IS NOT NULL")
+    mae = d.avg_if(
+        "ABS(l.label_numeric - p.prediction_value)",
+        "l.label_numeric IS NOT NULL AND p.prediction_value IS NOT NULL",
+    )
+    for t, acc, err in src.rows(
+        f"SELECT {d.bucket('p.event_time', b)} AS t, {d.ratio(correct, labelled)}, {mae} "
         f"FROM (SELECT * FROM {{db}}.predictions_dedup WHERE {in_period}) AS p INNER JOIN ("
-        "SELECT model_name AS label_model, event_id, argMax(label, label_time) AS label, "
-        "argMax(label_numeric, label_time) AS label_numeric FROM {db}.labels_dedup "
+        f"SELECT model_name AS label_model, event_id, {d.latest('label', 'label_time')} AS label, "
+        f"{d.latest('label_numeric', 'label_time')} AS label_numeric FROM {{db}}.labels_dedup "
         f"WHERE model_name = {m} OR model_name IS NULL GROUP BY label_model, event_id) AS l "
         "ON l.event_id = p.event_id WHERE l.label_model IS NULL OR l.label_model = p.model_name "
         "GROUP BY t ORDER BY t"
     ):
         if acc is not None and math.isfinite(acc):
             accuracy["accuracy"].append((float(t), float(acc)))
-        if mae is not None and math.isfinite(mae):
-            accuracy["MAE"].append((float(t), float(mae)))
+        if err is not None and math.isfinite(err):
+            accuracy["MAE"].append((float(t), float(err)))
     drift: dict[str, list] = {}
     windows: dict[tuple[str, float], tuple[float, float]] = {}
+    panes = d.first_per(
+        "{db}.drift_metrics",
+        f"model_name = {m} AND metric = 'psi' AND window_start >= {d.ts(lo)} AND window_start < {d.ts(hi)}",
+        "metric_id",
+        "sample_size DESC",
+    )
     for signal, start, end, value, status in src.rows(
-        "SELECT signal, toUnixTimestamp64Micro(window_start) / 1e6, toUnixTimestamp64Micro(window_end) / 1e6, "
-        "value, status FROM (SELECT * FROM {db}.drift_metrics "
-        f"WHERE model_name = {m} AND metric = 'psi' AND window_start >= {_ts(lo)} AND window_start < {_ts(hi)} "
-        "ORDER BY sample_size DESC LIMIT 1 BY metric_id) ORDER BY signal, window_start"
+        f"SELECT signal, {d.seconds('window_start')} AS ws, {d.seconds('window_end')}, value, status "
+        f"FROM {panes} AS x ORDER BY signal, ws"
     ):
         if value is None or not math.isfinite(value):
             continue
         drift.setdefault(signal, []).append((float(start), float(value), status))
         windows[(signal, float(start))] = (float(start), float(end))
     anomalies = []
+    events = d.first_per(
+        "{db}.anomalies",
+        f"model_name = {m} AND window_start >= {d.ts(lo)} AND window_start < {d.ts(hi)}",
+        "anomaly_id",
+        "time",
+    )
     for t, version, signal, detector, sev, stat, thr, ws, we, ref, cur in src.rows(
-        "SELECT toUnixTimestamp64Micro(time) / 1e6, model_version, signal, detector, severity, statistic, "
-        "threshold, toUnixTimestamp64Micro(window_start) / 1e6, toUnixTimestamp64Micro(window_end) / 1e6, "
-        f"reference, current FROM (SELECT * FROM {{db}}.anomalies WHERE model_name = {m} "
-        f"AND window_start >= {_ts(lo)} AND window_start < {_ts(hi)} LIMIT 1 BY anomaly_id) ORDER BY time"
+        f"SELECT {d.seconds('time')} AS anomaly_at, model_version, signal, detector, severity, statistic, threshold, "
+        f"{d.seconds('window_start')}, {d.seconds('window_end')}, reference, current FROM {events} AS x ORDER BY anomaly_at"
     ):
         anomalies.append(
             {
@@ -595,15 +745,15 @@ def collect(
             }
         )
     ((ingest_lo, ingest_hi, total),) = src.rows(
-        f"SELECT min(ingest_time), max(ingest_time), count() FROM {{db}}.predictions_dedup WHERE {in_period}"
+        f"SELECT MIN(ingest_time), MAX(ingest_time), {d.count()} FROM {{db}}.predictions_dedup WHERE {in_period}"
     )
     dead: dict[str, int] = {}
     unattributed = 0
     if total:
         for code, model_name, n in src.rows(
-            "SELECT error_code, model_name, count() FROM {db}.dead_letters "
-            f"WHERE (model_name = {m} OR model_name IS NULL) AND ingest_time >= {_ts(_aware(ingest_lo))} "
-            f"AND ingest_time <= {_ts(_aware(ingest_hi))} GROUP BY error_code, model_name ORDER BY error_code"
+            f"SELECT error_code, model_name, {d.count()} FROM {{db}}.dead_letters "
+            f"WHERE (model_name = {m} OR model_name IS NULL) AND ingest_time >= {d.ts(_aware(ingest_lo))} "
+            f"AND ingest_time <= {d.ts(_aware(ingest_hi))} GROUP BY error_code, model_name ORDER BY error_code"
         ):
             dead[code] = dead.get(code, 0) + int(n)
             if model_name is None:
@@ -645,7 +795,7 @@ def _aware(v: Any) -> dt.datetime:
 
 
 def _histograms(
-    src: ClickHouseSource,
+    src: Any,
     m: str,
     drift: Mapping[str, list[tuple[float, float, str]]],
     windows: Mapping[tuple[str, float], tuple[float, float]],
@@ -683,20 +833,20 @@ def _histograms(
     return out
 
 
-def _current_from_rows(
-    src: ClickHouseSource, m: str, signal: str, ref: Any, w0: float, w1: float
-) -> dict[str, Any]:
+def _current_from_rows(src: Any, m: str, signal: str, ref: Any, w0: float, w1: float) -> dict[str, Any]:
     """Bin labels, reference shares and the window's current shares for one signal."""
+    d = src.sql
     lo, hi = dt.datetime.fromtimestamp(w0, dt.timezone.utc), dt.datetime.fromtimestamp(w1, dt.timezone.utc)
-    where = f"model_name = {m} AND event_time >= {_ts(lo)} AND event_time < {_ts(hi)}"
+    where = f"model_name = {m} AND event_time >= {d.ts(lo)} AND event_time < {d.ts(hi)}"
     if ref.kind == "numeric":
         edges = list(ref.edges)
-        expr = signal_sql(signal, "numeric")
         counts = [0] * (len(edges) + 1)
-        arr = "[" + ", ".join(repr(float(e)) for e in edges) + "]"
+        # a value equal to an edge falls in the lower bin, as the monitors count it
+        case = " ".join(f"WHEN v <= {float(e)!r} THEN {k}" for k, e in enumerate(edges))
         for idx, n in src.rows(
-            f"SELECT arrayCount(e -> e < v, {arr}) AS b, count() FROM (SELECT {expr} AS v FROM "
-            f"{{db}}.predictions_dedup WHERE {where}) WHERE v IS NOT NULL AND isFinite(v) GROUP BY b"
+            f"SELECT CASE {case} ELSE {len(edges)} END AS b, {d.count()} FROM (SELECT "
+            f"{d.signal(signal, 'numeric')} AS v FROM {{db}}.predictions_dedup WHERE {where}) AS x "
+            "WHERE v IS NOT NULL GROUP BY b"
         ):
             counts[int(idx)] += int(n)
         bounds = [-math.inf, *edges, math.inf]
@@ -708,11 +858,11 @@ def _current_from_rows(
         cats = list(ref.categories)
         index = {c: i for i, c in enumerate(cats)}
         counts = [0] * (len(cats) + 1)
-        expr = signal_sql(signal, "categorical")
         for raw, n in src.rows(
-            f"SELECT toString({expr}) AS v, count() FROM {{db}}.predictions_dedup WHERE {where} GROUP BY v"
+            f"SELECT {d.signal(signal, 'categorical')} AS v, {d.count()} FROM {{db}}.predictions_dedup "
+            f"WHERE {where} GROUP BY v"
         ):
-            cat = raw if signal == "prediction.label" else _category(raw)
+            cat = d.category(raw, signal)
             if cat is None:
                 continue
             counts[index.get(cat, len(cats))] += int(n)
@@ -949,6 +1099,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--until", default="", metavar="T", help="end of the period (default: the newest prediction)"
     )
     p.add_argument(
+        "--sink",
+        default="clickhouse",
+        choices=["clickhouse", "bigquery"],
+        help="the engine to read (default clickhouse)",
+    )
+    p.add_argument(
+        "--bq_project", default="", help="BigQuery project of the audit dataset (with --sink bigquery)"
+    )
+    p.add_argument("--bq_dataset", default="audit", help="BigQuery dataset")
+    p.add_argument("--bq_endpoint", default="", help="BigQuery API endpoint (emulator); empty = Google")
+    p.add_argument(
         "--clickhouse_dsn",
         default="chdb:///tmp/predaudit-chdb",
         help="http(s)://user:pw@host:port or chdb:///path",
@@ -962,7 +1123,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def write_report(
-    src: ClickHouseSource,
+    src: Any,
     out: pathlib.Path,
     model: str = "",
     since: dt.timedelta = dt.timedelta(hours=24),
@@ -971,19 +1132,20 @@ def write_report(
     references_dir: str = "",
 ) -> list[ModelReport]:
     """Collect every model's panels and write the page; returns what it drew."""
+    d = src.sql
     mfilter = f"WHERE model_name = {_q(model)}" if model else ""
     if until is None:
-        ((newest,),) = src.rows(f"SELECT max(event_time) FROM {{db}}.predictions {mfilter}")
+        ((newest,),) = src.rows(f"SELECT MAX(event_time) FROM {{db}}.predictions {mfilter}")
         newest = _aware(newest) if isinstance(newest, dt.datetime) else None
-        if newest is None or newest.timestamp() <= 0:  # an empty table's max() is the epoch
+        if newest is None or newest.timestamp() <= 0:  # an empty table's max() is the epoch in ClickHouse
             newest = dt.datetime.now(dt.timezone.utc)
         until = newest + dt.timedelta(microseconds=1)  # the newest row is inside [lo, hi)
     lo = until - since
     models = [
         r[0]
         for r in src.rows(
-            f"SELECT DISTINCT model_name FROM {{db}}.predictions WHERE event_time >= {_ts(lo)} "
-            f"AND event_time < {_ts(until)}"
+            f"SELECT DISTINCT model_name FROM {{db}}.predictions WHERE event_time >= {d.ts(lo)} "
+            f"AND event_time < {d.ts(until)}"
             + (f" AND model_name = {_q(model)}" if model else "")
             + " ORDER BY 1"
         )
@@ -1012,13 +1174,21 @@ def main(argv: Sequence[str], out: IO[str]) -> int:
             specs = load_specs(args.model_specs) if args.model_specs else {}
         except SpecError as exc:
             raise ReportError(f"--model_specs: {exc}") from None
-        if not args.clickhouse_dsn.startswith(("chdb://", "http://", "https://")):
+        if args.sink == "clickhouse" and not args.clickhouse_dsn.startswith(
+            ("chdb://", "http://", "https://")
+        ):
             raise ReportError(
                 f"--clickhouse_dsn {args.clickhouse_dsn!r}: use http(s)://host:port or chdb:///path"
             )
+        if args.sink == "bigquery" and not args.bq_project:
+            raise ReportError("--bq_project is required with --sink bigquery")
         target = pathlib.Path(args.out)
         try:
-            src = ClickHouseSource(args.clickhouse_dsn, args.clickhouse_database)
+            src: Any = (
+                ClickHouseSource(args.clickhouse_dsn, args.clickhouse_database)
+                if args.sink == "clickhouse"
+                else BigQuerySource(args.bq_project, args.bq_dataset, args.bq_endpoint)
+            )
             reports = write_report(src, target, args.model, since, until, specs, args.references)
         except ReportError:
             raise
@@ -1027,8 +1197,13 @@ def main(argv: Sequence[str], out: IO[str]) -> int:
         except Exception as exc:  # noqa: BLE001 - a read failure is one line, exit 2
             text = " ".join(str(exc).split())[:300]
             raise ReportError(
-                f"cannot read the audit tables ({type(exc).__name__}: {text}); check --clickhouse_dsn and "
-                "--clickhouse_database (a chdb:// directory is locked while another process has it open)"
+                f"cannot read the audit tables ({type(exc).__name__}: {text}); "
+                + (
+                    "check --clickhouse_dsn and --clickhouse_database (a chdb:// directory is locked while "
+                    "another process has it open)"
+                    if args.sink == "clickhouse"
+                    else "check --bq_project, --bq_dataset, --bq_endpoint and the credentials"
+                )
             ) from None
     except ReportError as exc:
         sys.stderr.write(f"{PROG}: error: {exc}\n")

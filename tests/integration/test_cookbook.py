@@ -14,9 +14,9 @@ from pipelines.cookbook import BY_NAME, RECIPES, bigquery_params, clickhouse_par
 from tests.conftest import BQ_PROJECT
 from tests.integration.test_report import (
     DRIFT_FROM,
-    KNOWN,
     T0,
     insert_known_rows,
+    insert_known_rows_bq,
     known_labels,
     known_predictions,
 )
@@ -52,24 +52,8 @@ def _params(recipe: str) -> dict:
 def _bigquery(client) -> dict[str, list[dict]]:
     from google.cloud import bigquery
 
-    from schemas.tables import create_bigquery_tables
-
     dataset = f"t_cookbook_{uuid.uuid4().hex[:8]}"
-    create_bigquery_tables(client, BQ_PROJECT, dataset)
-    for table, build in KNOWN.items():
-        cols, rows = build()
-        docs = [
-            {
-                c: (v.isoformat() if isinstance(v, dt.datetime) else v)
-                for c, v in zip(cols, row, strict=True)
-                if v is not None
-            }
-            for row in rows
-        ]
-        ref = f"{BQ_PROJECT}.{dataset}.{table}"
-        for k in range(0, len(docs), 500):
-            chunk = docs[k : k + 500]
-            assert client.insert_rows_json(ref, chunk, row_ids=[None] * len(chunk)) == []
+    insert_known_rows_bq(client, BQ_PROJECT, dataset)
     out = {}
     for r in RECIPES:
         params = _params(r.name)

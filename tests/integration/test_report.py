@@ -20,6 +20,7 @@ import pytest
 from pipelines.cli import main
 from pipelines.report import COLORS, SEVERITY_COLORS
 from schemas.tables import create_clickhouse_tables
+from tests.conftest import BQ_PROJECT
 from transforms.monitors.reference import FORMAT
 from transforms.monitors.stats import CategoricalReference, NumericReference
 
@@ -178,12 +179,27 @@ def insert_known_rows(client, database: str) -> None:
         client.insert(f"`{database}`.`{table}`", rows, column_names=cols)
 
 
-@pytest.fixture(scope="module")
-def written(tmp_path_factory: pytest.TempPathFactory, chdb_path, chdb_client) -> tuple[pathlib.Path, str]:
-    """Known rows in a fresh database, a reference file, and the report written once: (path, summary)."""
-    database = f"t_report_{uuid.uuid4().hex[:8]}"
-    insert_known_rows(chdb_client, database)
-    tmp = tmp_path_factory.mktemp("report")
+def insert_known_rows_bq(client, project: str, dataset: str) -> None:
+    """The same rows in a BigQuery dataset (created with the views), through insertAll."""
+    from schemas.tables import create_bigquery_tables
+
+    create_bigquery_tables(client, project, dataset)
+    for table, build in KNOWN.items():
+        cols, rows = build()
+        docs = [
+            {c: (v.isoformat() if isinstance(v, dt.datetime) else v) for c, v in zip(cols, row, strict=True)}
+            for row in rows
+        ]
+        docs = [{c: v for c, v in doc.items() if v is not None} for doc in docs]
+        for k in range(0, len(docs), 500):
+            chunk = docs[k : k + 500]
+            assert (
+                client.insert_rows_json(f"{project}.{dataset}.{table}", chunk, row_ids=[None] * len(chunk))
+                == []
+            )
+
+
+def _references(tmp: pathlib.Path) -> pathlib.Path:
     refs = tmp / "refs"
     refs.mkdir()
     doc = {
@@ -196,12 +212,32 @@ def written(tmp_path_factory: pytest.TempPathFactory, chdb_path, chdb_client) ->
         },
     }
     (refs / "rpt.json").write_text(json.dumps(doc))
-    out = tmp / "report.html"
-    buf = io.StringIO()
-    argv = ["report", "--out", str(out), "--clickhouse_dsn", f"chdb://{chdb_path}"]
-    argv += ["--clickhouse_database", database, "--references", str(refs), "--since", "2h"]
+    return refs
+
+
+def _write(tmp: pathlib.Path, *source: str) -> tuple[pathlib.Path, str]:
+    out, buf = tmp / "report.html", io.StringIO()
+    argv = ["report", "--out", str(out), "--references", str(_references(tmp)), "--since", "2h", *source]
     assert main(argv, buf) == 0, buf.getvalue()
     return out, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory: pytest.TempPathFactory, chdb_path, chdb_client) -> tuple[pathlib.Path, str]:
+    """Known rows in a fresh database, a reference file, and the report written once: (path, summary)."""
+    database = f"t_report_{uuid.uuid4().hex[:8]}"
+    insert_known_rows(chdb_client, database)
+    source = ["--clickhouse_dsn", f"chdb://{chdb_path}", "--clickhouse_database", database]
+    return _write(tmp_path_factory.mktemp("report"), *source)
+
+
+@pytest.fixture(scope="module")
+def written_bq(tmp_path_factory: pytest.TempPathFactory, bq_emulator, bq_client) -> tuple[pathlib.Path, str]:
+    """The same report from the same rows in bqemulator."""
+    dataset = f"t_report_{uuid.uuid4().hex[:8]}"
+    insert_known_rows_bq(bq_client, BQ_PROJECT, dataset)
+    source = ["--sink", "bigquery", "--bq_project", BQ_PROJECT, "--bq_dataset", dataset]
+    return _write(tmp_path_factory.mktemp("report-bq"), *source, "--bq_endpoint", bq_emulator.endpoint)
 
 
 def _chart(page: str, chart_id: str) -> str:
@@ -214,8 +250,9 @@ def _tips(svg: str, cls: str) -> list[str]:
     return [html.unescape(t) for t in re.findall(rf'class="{cls}"[^>]*><title>([^<]*)</title>', svg)]
 
 
-def test_report_charts_carry_the_known_values(written) -> None:
-    out, summary = written
+@pytest.mark.parametrize("engine", ["written", "written_bq"])
+def test_report_charts_carry_the_known_values(engine, request) -> None:
+    out, summary = request.getfixturevalue(engine)
     assert summary.strip() == f"wrote {out}: 1 model(s), 1,200 predictions, 1 anomalies"
     page = out.read_text()
 
