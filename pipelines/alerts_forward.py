@@ -17,7 +17,8 @@ persistent breach once per cooldown, so keep ``--firing-for`` above the spec's c
 Malformed messages (not JSON, not an anomaly CloudEvent) are never silently acked: each is
 forwarded as a ``predaudit_malformed_anomaly`` alert carrying the message id, the reason and
 the payload's start, then acked. An alert Alertmanager itself refuses (HTTP 400) is sent the
-same way with Alertmanager's answer. Exit codes: 0 done or stopped by SIGTERM/SIGINT, 2 usage.
+same way with Alertmanager's answer. Exit codes: 0 done or stopped by SIGTERM/SIGINT, 2 usage or a
+subscription that cannot be read (missing, permission denied).
 """
 
 from __future__ import annotations
@@ -223,6 +224,10 @@ def malformed_alert(
     }
 
 
+class ForwardError(Exception):
+    """The subscription cannot be read (missing, denied): one line, exit 2."""
+
+
 class PostError(Exception):
     """A post failed. ``permanent``: the receiver refused the content (4xx but 408/429)."""
 
@@ -393,7 +398,10 @@ class Forwarder:
         self.stats.webhook_posts += int(ok)
         return ok
 
-    def pull(self, timeout: float) -> list[Any]:
+    def pull(self, timeout: float) -> list[Any] | None:
+        """Up to ``batch_size`` messages; [] when none came within ``timeout`` s; None when
+        Pub/Sub could not be reached (retried by the caller). A missing subscription or a
+        permission problem raises ForwardError (it will not fix itself)."""
         from google.api_core import exceptions as gexc
 
         try:
@@ -401,9 +409,13 @@ class Forwarder:
                 request={"subscription": self.subscription, "max_messages": self.batch_size},
                 timeout=timeout,
             )
-        except (gexc.DeadlineExceeded, gexc.ServiceUnavailable, gexc.RetryError) as exc:
-            log.info("pull: %s", exc)
+        except gexc.DeadlineExceeded:
             return []
+        except (gexc.NotFound, gexc.PermissionDenied, gexc.Unauthenticated, gexc.InvalidArgument) as exc:
+            raise ForwardError(f"cannot pull from {self.subscription}: {exc.message}") from None
+        except (gexc.GoogleAPICallError, gexc.RetryError) as exc:
+            log.warning("pull from %s failed (%s); retrying", self.subscription, exc)
+            return None
         return list(resp.received_messages)
 
     def run(
@@ -418,6 +430,9 @@ class Forwarder:
             if max_messages is not None and self.stats.messages >= max_messages:
                 return
             received = self.pull(pull_timeout)
+            if received is None:  # Pub/Sub unreachable: not drained, try again shortly
+                self.stop.wait(min(self.max_backoff, 5.0))
+                continue
             if max_messages is not None:
                 # forward (and ack) no more than asked: the rest go back for another run
                 extra = received[max(0, max_messages - self.stats.messages) :]
@@ -556,6 +571,9 @@ def main(argv: Sequence[str], out: IO[str]) -> int:
             previous[sig] = signal.signal(sig, lambda *_: fwd.stop.set())
     try:
         fwd.run(once=args.once, max_messages=args.max_messages)
+    except ForwardError as exc:
+        print(f"predaudit alerts forward: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

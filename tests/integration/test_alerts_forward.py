@@ -363,3 +363,12 @@ def test_usage_errors_are_one_line(capsys) -> None:
         assert main(["alerts", "forward", *argv], io.StringIO()) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and fix in err, err
+
+
+def test_a_missing_subscription_is_one_line_exit_2(pubsub_emulator, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_emulator.endpoint)  # main sets it from the flag
+    sub = f"projects/{PROJECT}/subscriptions/none-{uuid.uuid4().hex[:6]}"
+    argv = ["alerts", "forward", "--subscription", sub, "--alertmanager-url", "http://127.0.0.1:1", "--once"]
+    assert main([*argv, "--pubsub-endpoint", pubsub_emulator.endpoint], io.StringIO()) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"cannot pull from {sub}" in err, err
