@@ -86,8 +86,9 @@ class AdwinSeries:
         self.standardized = standardized
         self.cusum = cusum
         self.up = self.down = 0.0  # CUSUM sums
-        self.run = 0  # values since both sums were last 0
-        self.run_total = 0.0
+        #: (values, their sum) since each sum was last 0
+        self.up_run: tuple[int, float] = (0, 0.0)
+        self.down_run: tuple[int, float] = (0, 0.0)
 
     def feed(self, values: Sequence[tuple[int, float]]) -> list[Detection]:
         """Feed (event time us, value) pairs in the given order; returns river's detections.
@@ -133,22 +134,18 @@ class AdwinSeries:
 
     def _cusum(self, index: int, t: int, z: float) -> None:
         """Two-sided CUSUM on a standardized value: an alarm when either sum passes h; the
-        effect is the mean of the values since the sums were last 0."""
+        effect is the mean of that side's values since its sum was last 0."""
         k, h = self.cusum
         self.up = max(0.0, self.up + z - k)
         self.down = max(0.0, self.down - z - k)
-        if self.up == 0.0 and self.down == 0.0:
-            self.run, self.run_total = 0, 0.0
-            return
-        self.run += 1
-        self.run_total += z
-        top = max(self.up, self.down)
+        self.up_run = (self.up_run[0] + 1, self.up_run[1] + z) if self.up else (0, 0.0)
+        self.down_run = (self.down_run[0] + 1, self.down_run[1] + z) if self.down else (0, 0.0)
+        top, (run, total) = max((self.up, self.up_run), (self.down, self.down_run))
         if top > h:
-            mean = self.run_total / self.run
-            d = Detection(index, t, 0.0, mean, self.run, abs(mean), "cusum", top)
-            self.confirmed.append(d)
+            mean = total / run
+            self.confirmed.append(Detection(index, t, 0.0, mean, run, abs(mean), "cusum", top))
             self.up = self.down = 0.0
-            self.run, self.run_total = 0, 0.0
+            self.up_run = self.down_run = (0, 0.0)
 
 
 def numeric_signals(spec: ModelSpec) -> tuple[tuple[str, float, float], ...]:
