@@ -545,3 +545,49 @@ def test_emulator_clients_go_to_the_given_endpoints_without_credentials() -> Non
     write = bigquery.write_client(f"http://127.0.0.1:{port}")  # the scheme is dropped: a gRPC target
     with pytest.raises(gexc.ServiceUnavailable, match=f"127.0.0.1:{port}"):
         write.create_write_stream(parent="projects/p/datasets/d/tables/t", retry=None, timeout=20)
+
+
+# -- legacy insertAll (an emulator endpoint without a gRPC port) ------------------------------
+class InsertAll:
+    """``insert_rows_json`` answering per row id, recording what was sent."""
+
+    def __init__(self, answers: list[dict[str, list[dict[str, str]] | None]]) -> None:
+        self.answers, self.sent = answers, []
+
+    def insert_rows_json(self, ref, rows, row_ids, skip_invalid_rows, retry):
+        assert skip_invalid_rows is True and retry is None and ref == "p.audit.predictions"
+        self.sent.append((list(rows), list(row_ids)))
+        by_id = self.answers.pop(0) if self.answers else {}
+        return [{"index": i, "errors": by_id[rid]} for i, rid in enumerate(row_ids) if rid in by_id]
+
+
+def legacy(client: InsertAll) -> BigQuerySinkFn:
+    fn = BigQuerySinkFn("p", "audit", "http://rest:1", FAST).for_table("predictions", 100)
+    fn.make_client = lambda: client  # type: ignore[method-assign]
+    fn.client_key = lambda: (id(client),)  # type: ignore[method-assign]
+    return fn  # type: ignore[return-value]
+
+
+def test_legacy_rows_go_as_json_with_rfc3339_times_and_reasons_decide_resend_or_refusal() -> None:
+    rows = [pred_row(i, latency_ms=None) for i in range(4)]
+    ids_ = [bigquery.insert_id("predictions", r) for r in rows]
+    client = InsertAll(
+        [
+            {
+                ids_[0]: None,  # an error without reasons: refused, never re-sent blindly
+                ids_[1]: [{"reason": "invalid", "message": "bad"}, {"reason": "stopped"}],
+                ids_[2]: [{"reason": "timeout"}, {"reason": "stopped"}],
+            },
+            {},
+        ]
+    )
+    dead = drive(legacy(client), rows)
+    assert [(d["event_id"], d["error_message"]) for d in dead] == [
+        ("evt-000000", "null"),
+        ("evt-000001", '[{"reason":"invalid","message":"bad"},{"reason":"stopped"}]'),
+    ]
+    first_rows, first_ids = client.sent[0]
+    assert first_ids == ids_ and client.sent[1][1] == [ids_[2]]
+    assert first_rows[0]["event_time"] == "2026-01-01T00:00:00+00:00" and "latency_ms" not in first_rows[0]
+    assert first_rows[3]["ingest_time"] == "2026-01-01T00:00:00.000003+00:00"
+    assert first_rows[3]["quality_issues"] == []
