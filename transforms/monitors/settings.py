@@ -117,6 +117,6 @@ def drift_settings(spec: Any) -> DriftSettings:
         alpha=getattr(m.psi, "alpha", 1e-4),
         min_effect=getattr(m.psi, "min_effect", 0.02),
         missing_min_effect=getattr(m, "missing_min_effect", 0.02),
-        features=tuple(f.name for f in spec.features),
+        features=tuple(f.name for f in spec.features if f.pii != "drop"),  # dropped: never in rows
         merge_small_windows=getattr(m, "merge_small_windows", True),
     )
