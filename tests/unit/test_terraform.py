@@ -149,7 +149,7 @@ def test_deploy_commands_use_these_resources(tf) -> None:
         assert f"/topics/{topic}" in commands
     assert f"{tf['resource']['google_service_account']['pipeline']['account_id']}@$PROJECT" in commands
     assert tf["resource"]["google_artifact_registry_repository"]["predaudit"]["repository_id"] == "predaudit"
-    assert '/predaudit"' in commands  # REGISTRY=...-docker.pkg.dev/$PROJECT/predaudit
+    assert '-docker.pkg.dev/$PROJECT/predaudit}"' in commands  # the default REGISTRY
 
 
 def test_alert_policies_watch_existing_subscriptions(tf) -> None:
