@@ -269,3 +269,23 @@ def test_an_ndjson_line_that_is_an_array_is_rejected_by_its_index(start) -> None
     assert [x["index"] for x in r.json()["rejected"]] == [0] and r.json()["rejected_count"] == 1
     r = post(sc, body)  # as JSON: an array that does not parse
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_events_are_checked_against_the_ingest_clock(start) -> None:  # noqa: F811
+    """An event time far from the sidecar's clock breaks the contract (a producer's clock is off)."""
+    sc = start()
+    future = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)).isoformat()
+    r = post(sc, orjson.dumps({**good(), "event_time": future}))
+    assert r.status_code == 400
+    assert [(x["index"], x["code"]) for x in r.json()["rejected"]] == [(0, "timestamp_out_of_bounds")]
+    r = post(sc, orjson.dumps({**a_label(), "label_time": future}), "/v1/labels")
+    assert r.status_code == 400 and r.json()["rejected"][0]["code"] == "timestamp_out_of_bounds"
+    assert sc.spool.depth == 0
+
+
+def test_an_unparsable_body_says_why(start) -> None:  # noqa: F811
+    sc = start()
+    r = post(sc, b"[{}, ")
+    assert r.status_code == 400
+    assert r.json()["error"]["code"] == "invalid_json"
+    assert r.json()["error"]["message"].startswith("the JSON array does not parse: ")
