@@ -550,6 +550,12 @@ class ClickHouseSource:
     def rows(self, sql: str) -> list[tuple]:
         return [tuple(r) for r in self.client.query(_tables(sql, self.table)).result_rows]
 
+    def columns(self, table: str) -> set[str]:
+        got = self.rows(
+            f"SELECT name FROM system.columns WHERE database = {_q(self.database)} AND table = {_q(table)}"
+        )
+        return {r[0] for r in got}
+
 
 class BigQuerySource:
     """The audit dataset in BigQuery (``--bq_endpoint``: an emulator, anonymous credentials)."""
@@ -568,6 +574,9 @@ class BigQuerySource:
 
     def rows(self, sql: str) -> list[tuple]:
         return [tuple(r.values()) for r in self.client.query(_tables(sql, self.table)).result()]
+
+    def columns(self, table: str) -> set[str]:
+        return {f.name for f in self.client.get_table(f"{self.project}.{self.dataset}.{table}").schema}
 
 
 def _tables(sql: str, table: Any) -> str:
@@ -592,6 +601,11 @@ class ModelReport:
     rates: dict[str, list[tuple[float, float]]]
     accuracy: dict[str, list[tuple[float, float]]]
     drift: dict[str, list[tuple[float, float, str]]]  # signal -> (window start, psi, status)
+    #: signal -> (window start, the threshold the monitor compared PSI with): from drift_metrics'
+    #: ``threshold`` column when the table has one, else from the PSI anomalies (calibrated
+    #: decisions have a threshold per window, not the spec's fixed lines)
+    drift_thresholds: dict[str, list[tuple[float, float]]]
+    psi_fixed: bool
     anomalies: list[dict[str, Any]]
     dead_letters: dict[str, int]
     unattributed_dead_letters: int
@@ -622,6 +636,19 @@ def _spec_thresholds(specs: Mapping[str, Any], model: str) -> dict[str, float]:
     if m.accuracy_min:
         out["accuracy_min"] = float(m.accuracy_min)
     return out
+
+
+def _psi_mode(specs: Mapping[str, Any], model: str) -> str:
+    """``fixed`` (the spec's warning / critical lines) or ``calibrated`` (a threshold per window).
+
+    >>> _psi_mode({}, "m")
+    'calibrated'
+    """
+    from schemas.specs import MonitorSettings
+
+    spec = specs.get(model)
+    m = spec.monitors if spec is not None else MonitorSettings()
+    return getattr(m.psi, "mode", "calibrated")
 
 
 def _references(references_dir: str, model: str) -> dict[str, Any]:
@@ -708,14 +735,18 @@ def collect(
         "metric_id",
         "sample_size DESC",
     )
-    for signal, start, end, value, status in src.rows(
-        f"SELECT signal, {d.seconds('window_start')} AS ws, {d.seconds('window_end')}, value, status "
-        f"FROM {panes} AS x ORDER BY signal, ws"
+    drift_thresholds: dict[str, list[tuple[float, float]]] = {}
+    threshold = "threshold" if "threshold" in src.columns("drift_metrics") else "NULL"
+    for signal, start, end, value, status, limit in src.rows(
+        f"SELECT signal, {d.seconds('window_start')} AS ws, {d.seconds('window_end')}, value, status, "
+        f"{threshold} FROM {panes} AS x ORDER BY signal, ws"
     ):
         if value is None or not math.isfinite(value):
             continue
         drift.setdefault(signal, []).append((float(start), float(value), status))
         windows[(signal, float(start))] = (float(start), float(end))
+        if limit is not None and math.isfinite(limit):
+            drift_thresholds.setdefault(signal, []).append((float(start), float(limit)))
     anomalies = []
     events = d.first_per(
         "{db}.anomalies",
@@ -744,6 +775,10 @@ def collect(
                 f"{fmt_num(stat)} (threshold {fmt_num(thr)})",
             }
         )
+    for a in anomalies:  # no threshold column: the thresholds the alerts were raised against
+        if a["detector"] == "psi" and a["severity"] != "resolved" and a["signal"] in drift:
+            if threshold == "NULL" or a["signal"] not in drift_thresholds:
+                drift_thresholds.setdefault(a["signal"], []).append((a["window"][0], float(a["threshold"])))
     ((ingest_lo, ingest_hi, total),) = src.rows(
         f"SELECT MIN(ingest_time), MAX(ingest_time), {d.count()} FROM {{db}}.predictions_dedup WHERE {in_period}"
     )
@@ -781,6 +816,8 @@ def collect(
         rates=rates,
         accuracy=accuracy,
         drift=drift,
+        drift_thresholds=drift_thresholds,
+        psi_fixed=_psi_mode(specs, model) == "fixed",
         anomalies=anomalies,
         dead_letters=dead,
         unattributed_dead_letters=unattributed,
@@ -990,19 +1027,36 @@ def render_model(r: ModelReport, index: int) -> str:
     )
     parts.append('<div class="grid2">' + "".join(charts) + "</div>")
 
-    parts.append("<h3>Drift (PSI per monitor window; hollow = below the minimum sample size)</h3>")
+    parts.append(
+        "<h3>Drift (PSI per monitor window; hollow = below the minimum sample size; "
+        + (
+            "the spec's fixed warning and critical lines)"
+            if r.psi_fixed
+            else "dashed: the window's alert threshold)"
+        )
+        + "</h3>"
+    )
     if r.drift:
-        hl = [
-            HLine(th["psi_warning"], "warning", SEVERITY_COLORS["warning"]),
-            HLine(th["psi_critical"], "critical", SEVERITY_COLORS["critical"]),
-        ]
+        hl = (
+            [
+                HLine(th["psi_warning"], "warning", SEVERITY_COLORS["warning"]),
+                HLine(th["psi_critical"], "critical", SEVERITY_COLORS["critical"]),
+            ]
+            if r.psi_fixed
+            else []
+        )
         ranked = sorted(r.drift, key=lambda s: -max(v for _, v, _ in r.drift[s]))
         drift_charts = []
         for i, signal in enumerate(ranked):
             pts = r.drift[signal]
             hollow = frozenset(k for k, p in enumerate(sorted(pts)) if p[2] == "insufficient")
-            s = Series(signal, [(x, v) for x, v, _ in pts], COLORS[i % len(COLORS)], hollow=hollow)
-            drift_charts.append(line_chart(f"{mid}-drift-{i}", f"{signal}: PSI", [s], xr, hl, y_min=0))
+            series = [Series(signal, [(x, v) for x, v, _ in pts], COLORS[i % len(COLORS)], hollow=hollow)]
+            if r.drift_thresholds.get(signal):
+                limit = Series(
+                    "alert threshold", r.drift_thresholds[signal], SEVERITY_COLORS["critical"], dashed=True
+                )
+                series.append(limit)
+            drift_charts.append(line_chart(f"{mid}-drift-{i}", f"{signal}: PSI", series, xr, hl, y_min=0))
         parts.append('<div class="grid2">' + "".join(drift_charts) + "</div>")
     else:
         parts.append(
