@@ -293,13 +293,20 @@ class Decoders:
         _check_version(parsed)
         minor = _minor(parsed["schema_version"])
         if minor > KNOWN_MINOR and isinstance(exc, msgspec.ValidationError) and "unknown field" in str(exc):
+            # depth first, on orjson's parse: msgspec would recurse into a ~1000-level value
+            # and raise RecursionError (not a coded error) before any limit applied
+            extra = {k: v for k, v in parsed.items() if k not in fields}
+            for key, value in extra.items():
+                _check_depth(value, f"$.{key}", 1, self.limits.max_depth)
+            pred = parsed.get("prediction")
+            if isinstance(pred, dict):
+                for key, value in pred.items():
+                    if key not in PREDICTION_KEYS:
+                        _check_depth(value, f"$.prediction.{key}", 1, self.limits.max_depth)
             try:
                 ev = self._lenient.decode(raw)
             except msgspec.ValidationError as exc2:
                 raise _from_msgspec(exc2, parsed, self.types) from None
-            extra = {k: v for k, v in parsed.items() if k not in fields}
-            for key, value in extra.items():
-                _check_depth(value, f"$.{key}", 1, self.limits.max_depth)
             ev.extensions = extra or None
             return ev
         raise _from_msgspec(exc, parsed, self.types) from None

@@ -487,3 +487,47 @@ def test_large_labels_and_newer_minor_events_get_the_length_limits() -> None:
     assert DEC.label(orjson.dumps(orjson.loads(LABEL) | {"label": "y" * 4096}))[0].label == "y" * 4096
     newer = raw(event(schema_version="1.1", trace="t", request_id="r" * 4097))
     assert error_of(DEC.prediction, newer)[:2] == ("string_too_long", "$.request_id")
+
+
+def deep_list(levels: int) -> bytes:
+    return b"[" * levels + b"]" * levels
+
+
+@pytest.mark.parametrize("levels", [17, 1000, 1020])
+def test_a_newer_minors_deep_extension_is_a_coded_error_not_a_recursion_error(levels: int) -> None:
+    """orjson parses up to 1024 levels; msgspec's lenient decode used to raise RecursionError
+    (escaping every caller) at about 1000. Both extension points are bounded by max_depth."""
+    top = raw(event(schema_version="1.1"))[:-1] + b',"deep":' + deep_list(levels) + b"}"
+    assert error_of(DEC.prediction, top) == (
+        "nesting_too_deep",
+        "$.deep" + "[0]" * 16,
+        "more than max_depth=16 levels",
+    )
+    inside = raw(event(schema_version="1.1")).replace(
+        b'"prediction":{', b'"prediction":{"deep":' + deep_list(levels) + b",", 1
+    )
+    assert error_of(DEC.prediction, inside) == (
+        "nesting_too_deep",
+        "$.prediction.deep" + "[0]" * 16,
+        "more than max_depth=16 levels",
+    )
+
+
+def test_extension_values_nest_up_to_max_depth_levels_in_lists_and_objects() -> None:
+    dec = Decoders(Limits(max_depth=3))
+    ok = event(schema_version="1.2", ext={"a": [1]})  # object, list, number: 3 levels
+    ok["prediction"] = {**ok["prediction"], "why": [[1]]}
+    assert dec.prediction(raw(ok))[0].extensions == {"ext": {"a": [1]}}
+    deep_obj = raw(event(schema_version="1.2", ext={"a": {"b": {"c": 1}}}))
+    assert error_of(dec.prediction, deep_obj) == (
+        "nesting_too_deep",
+        "$.ext.a.b.c",
+        "more than max_depth=3 levels",
+    )
+    deep_list_pred = event(schema_version="1.2")
+    deep_list_pred["prediction"] = {**deep_list_pred["prediction"], "why": [[[1]]]}
+    assert error_of(dec.prediction, raw(deep_list_pred)) == (
+        "nesting_too_deep",
+        "$.prediction.why[0][0][0]",
+        "more than max_depth=3 levels",
+    )
