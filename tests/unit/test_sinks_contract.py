@@ -705,3 +705,23 @@ def test_a_policy_of_no_attempts_never_calls_and_never_returns_silently() -> Non
     with pytest.raises(AssertionError, match="^unreachable$"):
         call_with_retries(lambda: called.append(1), lambda e: True, RetryPolicy(attempts=0))
     assert called == []
+
+
+def test_the_clickhouse_sink_classifies_with_its_own_database_table_and_dsn() -> None:
+    from clickhouse_connect.driver._backend.httpcommon import build_http_error
+
+    from transforms.secrets import SecretError
+    from transforms.sinks.clickhouse import ClickHouseSinkFn
+
+    fn = ClickHouseSinkFn("http://u:pw@h:1", "audit_x").for_table("labels", 10)
+    missing = build_http_error(
+        404, "81", "Code: 81. DB::Exception: no db. (UNKNOWN_DATABASE)", True, "u", False
+    )
+    v = fn.classify(missing)
+    assert (v.kind, v.code) == (SINK_FAILURE, "unknown_database")
+    assert "--clickhouse_dsn http://u@h:1 --clickhouse_database audit_x --pubsub off" in v.fix
+    assert fn.classify(KeyError("k")).fix == "unexpected error writing audit_x.labels; see the log"
+    err = SecretError("secret_not_found", "/run/pw", "create it")
+    assert fn.classify(err) == Verdict(
+        SINK_FAILURE, "secret_not_found", "cannot read the password: secret_not_found: /run/pw", "create it"
+    )
