@@ -169,3 +169,22 @@ def test_beam_is_pinned_once() -> None:
     )
     assert r.stdout == pins[0], r.stderr
     assert "_BEAM_VERSION=$BEAM_VERSION" in commands
+
+
+def test_dockerfiles_copy_what_exists_and_the_sidecar_runs_unprivileged() -> None:
+    """No Docker daemon here: what can be checked without building (README: only a real build
+    verifies the images)."""
+    for path in sorted((ROOT / "templates").glob("*Dockerfile")):
+        text = path.read_text().replace("\\\n", " ")
+        for line in text.splitlines():
+            if line.startswith("COPY ") and "--from=" not in line:
+                sources = line.split()[1:-1]
+                assert all((ROOT / s).exists() for s in sources), (path.name, line)
+    sidecar = (ROOT / "templates" / "sidecar.Dockerfile").read_text()
+    assert re.search(r"^USER (?!0\b|root\b)\S+$", sidecar, re.M), "the sidecar image runs as non-root"
+    assert '".[sidecar]"' in sidecar and "apache_beam" in sidecar  # installs the extra, asserts no Beam
+    from pipelines.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    port = next(a.default for a in sub.choices["sidecar"]._actions if a.dest == "port")
+    assert f"EXPOSE {port}" in sidecar and f"127.0.0.1:{port}/readyz" in sidecar
