@@ -1,18 +1,20 @@
 """``predaudit report``: one self-contained HTML page from the audit tables (ClickHouse / chDB or BigQuery).
 
 Per model: traffic, latency p50/p95/p99, error and data-quality rates, accuracy / MAE from the
-label join, each signal's drift statistic (PSI) per monitor window with the spec's warning and
-critical thresholds, the anomalies on a timeline, dead letters by error code, and reference
+label join, each signal's drift statistic (PSI) per monitor window with the threshold it was
+judged against, the anomalies on a timeline, dead letters by error code, and reference
 vs current histograms of the most drifted signals. The charts are inline SVG drawn here (no
 script, no stylesheet or font from the network), so the file opens offline and can be
 attached to a ticket.
 
 The period is the last ``--since`` (default 24h) of event time ending at ``--until``, or at
 the newest prediction when ``--until`` is not given (a replay of old events still has a
-report). Drift rows are read as the fullest pane per ``metric_id`` (``drift_metrics`` is
-append-only: a window re-fired by late rows has a row per pane). Dead letters carry no event
-time (most cannot be decoded), so they are counted over the ingest times of the period's
-predictions; those without a model are shown as unattributed.
+report); it starts at the oldest prediction in it (to the minute) when that is later, so a
+short run's charts are not squeezed into the corner of a day. Drift rows are read as the
+fullest pane per ``metric_id`` (``drift_metrics`` is append-only: a window re-fired by late
+rows has a row per pane). Dead letters carry no event time (most cannot be decoded), so they
+are counted over the ingest times of the period's predictions; those without a model are
+shown as unattributed.
 
 A ``chdb://`` directory is locked by the process that opened it: run the report after the
 pipeline has exited, or inside its process.
@@ -1204,6 +1206,13 @@ def write_report(
             + " ORDER BY 1"
         )
     ]
+    if models:  # a period longer than the data starts where the data does (readable charts)
+        ((first,),) = src.rows(
+            f"SELECT MIN(event_time) FROM {{db}}.predictions WHERE event_time >= {d.ts(lo)} "
+            f"AND event_time < {d.ts(until)}" + (f" AND model_name = {_q(model)}" if model else "")
+        )
+        if isinstance(first, dt.datetime):
+            lo = max(lo, _aware(first).replace(second=0, microsecond=0))
     reports = [collect(src, m, lo, until, specs or {}, references_dir) for m in models]
     page = render_page(reports, src.where, lo, until, dt.datetime.now(dt.timezone.utc))
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -369,3 +369,14 @@ def test_the_demo_report_line_names_the_file(tmp_path, chdb_path, written) -> No
     line = write_local_report(f"chdb://{chdb_path}", database, path)
     assert line == f"report: {path} (1 model(s), 1,200 predictions; open it in a browser)\n"
     assert 'id="m0-drift-0"' in path.read_text()
+
+
+def test_a_period_longer_than_the_data_starts_with_the_data(tmp_path, chdb_path, written) -> None:
+    out, _ = written
+    database = re.search(r"clickhouse (t_report_\w+);", out.read_text()).group(1)
+    longer = tmp_path / "week.html"
+    argv = ["report", "--out", str(longer), "--since", "7d", "--clickhouse_dsn", f"chdb://{chdb_path}"]
+    assert main([*argv, "--clickhouse_database", database], io.StringIO()) == 0
+    page = longer.read_text()
+    assert "event time 2026-03-01 00:00 .. 2026-03-01 01:59 UTC" in page
+    assert 'id="m0-traffic" data-points="24"' in page  # 5-minute buckets, as for the 2 h period
