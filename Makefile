@@ -24,9 +24,16 @@ test: install
 	sh tools/system_deps.sh
 	$(BIN)/python -m pytest
 
-lint: install
+# checkov pins packages that clash with the project's (and ships its own hcl2): own virtualenv
+CHECKOV := $(VENV)/checkov/bin/checkov
+$(CHECKOV):
+	$(PYTHON) -m venv $(VENV)/checkov
+	$(VENV)/checkov/bin/python -m pip install -q --disable-pip-version-check checkov==3.3.30
+
+lint: install $(CHECKOV)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/python tools/lint_infra.py
 
 bench: install
 	$(BIN)/python -m tests.bench.run_bench

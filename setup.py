@@ -1,33 +1,49 @@
 """predaudit: streaming prediction audit for ML platforms on Google Cloud.
 
-This file is also what Dataflow workers install (``--setup_file``); the Beam pin
-below is the single source of the Beam version (the Flex Template Dockerfile
-installs this package rather than pinning Beam again).
+The Beam pin below is the single source of the Beam version: the worker image
+(templates/worker.Dockerfile, Beam's SDK image of this version + predaudit[pipeline])
+and the launcher built on it take it as a build argument read from this file.
 """
 
 from setuptools import find_packages, setup
 
 BEAM_VERSION = "2.77.0"
 
+# What the sidecar and the pipeline both import (schemas/: the contract decoder, specs).
 INSTALL_REQUIRES = [
-    f"apache-beam[gcp]=={BEAM_VERSION}",
-    "google-cloud-pubsub>=2.20",
-    "google-cloud-bigquery>=3.20",
-    "google-cloud-secret-manager>=2.20,<3",  # --pii_key_secret, --clickhouse_password_secret
-    "clickhouse-connect[chdb]>=1.12",
     "msgspec>=0.19",
     "orjson>=3.10",
-    "numpy>=1.26",
-    "river>=0.22",
     "PyYAML>=6.0",
-    # serving sidecar
+]
+
+# pip install 'predaudit[sidecar]': the serving sidecar and client library, no Beam/river/chDB
+# (templates/sidecar.Dockerfile; tests/unit/test_sidecar_slim.py)
+SIDECAR_REQUIRES = [
     "aiohttp>=3.9",
     "prometheus-client>=0.20",
     "cloudevents>=1.11,<2",
     "uvloop>=0.19; sys_platform != 'win32'",  # the sidecar's event loop (asyncio's otherwise)
+    "google-cloud-pubsub>=2.20",
 ]
 
+# pip install 'predaudit[pipeline]': what Dataflow workers run (templates/worker.Dockerfile)
+PIPELINE_REQUIRES = [
+    f"apache-beam[gcp]=={BEAM_VERSION}",
+    "google-cloud-pubsub>=2.20",
+    "google-cloud-bigquery>=3.20",
+    "google-cloud-secret-manager>=2.20,<3",  # --pii_key_secret, --clickhouse_password_secret
+    "clickhouse-connect>=1.12",
+    "numpy>=1.26",
+    "river>=0.22",
+]
+
+# local runs, make demo and the tests: embedded ClickHouse (chdb:// DSNs), never on workers
+LOCAL_REQUIRES = ["clickhouse-connect[chdb]>=1.12"]
+
 DEV_REQUIRES = [
+    *PIPELINE_REQUIRES,
+    *SIDECAR_REQUIRES,
+    *LOCAL_REQUIRES,
     "pytest>=8",
     "pytest-timeout>=2.3",
     "hypothesis>=6.100",
@@ -39,6 +55,10 @@ DEV_REQUIRES = [
     "duckdb-extension-spatial==1.5.5",
     "duckdb-extensions==1.5.5",
     "mutmut==3.8.1",  # make mutate (tools/mutate.py)
+    # make lint: tools/lint_infra.py (checkov has its own virtualenv, see the Makefile)
+    "check-jsonschema==0.39.0",
+    "zizmor==1.32.0",
+    "python-hcl2==8.1.4",
 ]
 
 setup(
@@ -50,6 +70,11 @@ setup(
     package_data={"schemas": ["json/*.json", "models/*.yaml"]},
     include_package_data=True,
     install_requires=INSTALL_REQUIRES,
-    extras_require={"dev": DEV_REQUIRES},
+    extras_require={
+        "sidecar": SIDECAR_REQUIRES,
+        "pipeline": PIPELINE_REQUIRES,
+        "local": [*PIPELINE_REQUIRES, *SIDECAR_REQUIRES, *LOCAL_REQUIRES],
+        "dev": DEV_REQUIRES,
+    },
     entry_points={"console_scripts": ["predaudit=pipelines.cli:main"]},
 )

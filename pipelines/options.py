@@ -9,8 +9,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from schemas.fsio import is_remote
 from transforms.secrets import is_secret_manager
 
 SINKS = ("bigquery", "clickhouse")
@@ -209,6 +210,12 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         raise OptionsError(
             f"--clickhouse_dsn={opts.clickhouse_dsn!r}: use http(s)://host:port or chdb:///path"
         )
+    runner = str(opts.view_as(StandardOptions).runner or "")
+    if "clickhouse" in sinks and "Dataflow" in runner and opts.clickhouse_dsn.startswith("chdb://"):
+        raise OptionsError(
+            f"--clickhouse_dsn={opts.clickhouse_dsn!r}: an embedded chDB on a Dataflow worker's disk is lost "
+            "with the worker; give the ClickHouse server: --clickhouse_dsn https://USER@HOST:8443"
+        )
     if opts.bq_endpoint and not re.match(r"^https?://", opts.bq_endpoint):
         raise OptionsError(f"--bq_endpoint={opts.bq_endpoint!r}: use http://host:port (empty = Google)")
     write_ep = getattr(opts, "bq_write_endpoint", "") or ""
@@ -218,17 +225,9 @@ def validate(opts: AuditOptions, mode: str) -> list[str]:
         ref = getattr(opts, name, "") or ""
         if ref and ref.startswith("projects/") and not is_secret_manager(ref):
             raise OptionsError(f"--{name}={ref!r}: use projects/P/secrets/S/versions/V (a number or latest)")
-    if (
-        opts.model_specs
-        and not pathlib.Path(opts.model_specs).exists()
-        and not opts.model_specs.startswith("gs://")
-    ):
+    if opts.model_specs and not pathlib.Path(opts.model_specs).exists() and not is_remote(opts.model_specs):
         raise OptionsError(f"--model_specs={opts.model_specs!r}: no such file or folder")
-    if (
-        opts.references
-        and not pathlib.Path(opts.references).is_dir()
-        and not opts.references.startswith("gs://")
-    ):
+    if opts.references and not pathlib.Path(opts.references).is_dir() and not is_remote(opts.references):
         raise OptionsError(f"--references={opts.references!r}: no such folder")
     if opts.monitors not in ("on", "off"):
         raise OptionsError(f"--monitors={opts.monitors!r}: use on or off")
