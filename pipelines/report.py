@@ -758,7 +758,7 @@ def collect(
     )
     for t, version, signal, detector, sev, stat, thr, ws, we, ref, cur in src.rows(
         f"SELECT {d.seconds('time')} AS anomaly_at, model_version, signal, detector, severity, statistic, threshold, "
-        f"{d.seconds('window_start')}, {d.seconds('window_end')}, reference, current FROM {events} AS x ORDER BY anomaly_at"
+        f"{d.seconds('window_start')}, {d.seconds('window_end')}, `reference`, `current` FROM {events} AS x ORDER BY anomaly_at"
     ):
         anomalies.append(
             {
