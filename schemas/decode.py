@@ -383,13 +383,11 @@ def _from_msgspec(exc: Exception, parsed: dict, types: _Types) -> EventValidatio
     if msg.startswith("Object contains unknown field"):
         return EventValidationError("unknown_field", f"{path}.{field.group('field')}", msg)
     path = _name_dict_key(path, parsed, types)
-    # No "Number out of range" (orjson refuses a number beyond float64 first: non_finite_number)
-    # and no "matching regex" (the structs carry no pattern: _check_common matches them).
+    # No "Number out of range" (orjson refuses a number beyond float64 first: non_finite_number),
+    # no "matching regex" (the structs carry no pattern: _check_common matches them) and no
+    # "Expected `object` of length" (no dict is sized: Decoders.prediction counts entries).
     if msg.startswith("Expected `str` of length <="):
         return EventValidationError("string_too_long", path, msg)
-    if msg.startswith("Expected `object` of length <="):
-        code = "too_many_features" if path in ("$.features", "$.prediction.scores") else "too_many_entries"
-        return EventValidationError(code, path, msg)
     if msg.startswith("Expected `array` of length <="):
         return EventValidationError("vector_too_long", path, msg)
     if msg.startswith("Invalid enum value"):
