@@ -13,6 +13,7 @@ drives alerts through a per-series severity/cooldown state (``alerts.AlertState`
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import datetime as dt
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -418,16 +419,96 @@ def _rate_metrics(model, version, n, counts, ref, start, end) -> Iterator[tuple[
 DETECTORS = {**RATE_DETECTORS, "missing_rate": "missing"}
 
 
+@dataclasses.dataclass
+class Span:
+    """One window's (or merged windows') counts, with its event-time bounds."""
+
+    start_us: int
+    end_us: int
+    n: int
+    counts: dict
+    ref: Any = None
+    windows: int = 1
+
+
+#: a run of small windows merges for at most this long (a model silent for days is not compared)
+MAX_MERGE_US = 86_400 * 1_000_000
+
+
+def merge_small(
+    pending: Span | None, last_end_us: int | None, w: Span, min_n: int
+) -> tuple[list[Span], Span | None, int]:
+    """Low traffic: every window is reported on its own; a window under ``min_n`` events is
+    also merged with the following ones until together they reach ``min_n``, and the merged
+    span is reported as one window (from the first one's start). Returns (spans to report,
+    pending merge, end of the latest window seen). Windows older than one already seen (late
+    re-firings) are reported alone.
+
+    >>> small = [Span(i * 10, i * 10 + 10, 200, {}) for i in range(3)]
+    >>> pending, last, out = None, None, []
+    >>> for w in small:
+    ...     spans, pending, last = merge_small(pending, last, w, 500)
+    ...     out += [(x.start_us, x.end_us, x.n) for x in spans]
+    >>> out
+    [(0, 10, 200), (10, 20, 200), (20, 30, 200), (0, 30, 600)]
+    """
+    if last_end_us is not None and w.start_us < last_end_us:
+        return [w], pending, last_end_us
+    if w.n >= min_n:
+        return [w], None, w.end_us
+    if pending is None or w.start_us - pending.start_us >= MAX_MERGE_US:
+        merged = w
+    else:
+        n, counts, ref = merge_counts([(pending.n, pending.counts, pending.ref), (w.n, w.counts, w.ref)])
+        merged = Span(pending.start_us, w.end_us, n, counts, ref, pending.windows + 1)
+    if merged.n >= min_n:
+        counter("monitor_windows_merged").inc()
+        return [w, merged], None, w.end_us
+    return [w], merged, w.end_us
+
+
+def _span(element, win=beam.DoFn.WindowParam):
+    key, (n, counts, ref) = element
+    yield key, Span(int(win.start.micros), int(win.end.micros), n, counts, ref)
+
+
+def _merge_sorted(element, settings: Mapping[str, DriftSettings]) -> Iterator[tuple]:
+    """Replays: a series' windows in event-time order through ``merge_small``."""
+    key, spans = element
+    s = settings.get(key[0]) or DriftSettings()
+    pending, last = None, None
+    for w in sorted(spans, key=lambda x: x.start_us):
+        out, pending, last = merge_small(pending, last, w, s.min_sample_size)
+        yield from ((key, x) for x in out)
+
+
+class _MergeSmallFn(beam.DoFn):
+    """Streams: the pending merge per (model, version) in Beam state."""
+
+    STATE = ReadModifyWriteStateSpec("merge", PickleCoder())
+
+    def __init__(self, settings: Mapping[str, DriftSettings]) -> None:
+        self.settings = dict(settings)
+
+    def process(self, element, state=beam.DoFn.StateParam(STATE)) -> Iterator[tuple]:
+        key, w = element
+        s = self.settings.get(key[0]) or DriftSettings()
+        pending, last = state.read() or (None, None)
+        out, pending, last = merge_small(pending, last, w, s.min_sample_size)
+        state.write((pending, last))
+        yield from ((key, x) for x in out)
+
+
 class _WindowStatsFn(beam.DoFn):
     def __init__(self, references: Mapping[str, ModelReference]) -> None:
         self.references = dict(references)
 
-    def process(self, element, win=beam.DoFn.WindowParam) -> Iterator[Any]:
-        (model, version), (n, counts, baseline) = element
-        ref = baseline or self.references[model]
-        start, end = _utc(win.start), _utc(win.end)
+    def process(self, element) -> Iterator[Any]:
+        (model, version), span = element
+        ref = span.ref or self.references[model]
+        start, end = from_micros(span.start_us), from_micros(span.end_us)
         counter("monitor_windows").inc()
-        for row, alert in window_metrics(model, version, n, counts, ref, start, end):
+        for row, alert in window_metrics(model, version, span.n, span.counts, ref, start, end):
             yield beam.pvalue.TaggedOutput(DRIFT_METRICS, row)
             if alert is not None:
                 detector = DETECTORS.get(row["metric"], row["metric"])
@@ -614,7 +695,19 @@ class MonitorDrift(beam.PTransform):
             | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s, self.period_s)
             | "Count" >> beam.CombinePerKey(_SumBins())
         )
-        stats = windowed | "Stats" >> beam.ParDo(_WindowStatsFn(self.references)).with_outputs(
+        spans = windowed | "Spans" >> beam.FlatMap(_span)
+        if not self.period_s and any(s.merge_small_windows for s in self.settings.values()):
+            # low traffic: small windows also merge with the following ones (per series, in order)
+            spans = spans | "SpansGlobal" >> beam.WindowInto(window.GlobalWindows())
+            if self.bounded:
+                spans = (
+                    spans
+                    | "GroupSpans" >> beam.GroupByKey()
+                    | "MergeSmall" >> beam.FlatMap(_merge_sorted, self.settings)
+                )
+            else:
+                spans = spans | "MergeSmall" >> beam.ParDo(_MergeSmallFn(self.settings))
+        stats = spans | "Stats" >> beam.ParDo(_WindowStatsFn(self.references)).with_outputs(
             DRIFT_METRICS, main="breaches"
         )
         traffic = (
