@@ -229,7 +229,7 @@ def markdown() -> str:
     for r in RECIPES:
         ch_args = " ".join(f"--param_{n}='{ex}'" for n, _, _, ex in r.params)
         bq_args = " ".join(f"--parameter={n}:{bt}:'{ex}'" for n, _, bt, ex in r.params)
-        out.append(f"#### {r.question}\n")
+        out.append(f"### {r.question}\n")
         out.append(f"ClickHouse (`clickhouse-client {ch_args} --queries-file {r.name}.sql`):\n")
         out.append(f"```sql\n{r.clickhouse}\n```\n")
         out.append(f"BigQuery (`bq query --use_legacy_sql=false {bq_args}`):\n")
