@@ -182,7 +182,7 @@ def _check_time(text: str, path: str, now: _dt.datetime | None, limits: Limits) 
     return ts
 
 
-def _check_common(ev: Any, time_field: str, limits: Limits) -> None:
+def _check_common(ev: Any, time_field: str) -> None:
     """Checks kept out of msgspec for speed: patterns and O(1) size checks."""
     version = ev.schema_version
     if version != "1" and not _VERSION_RE.fullmatch(version):
@@ -249,7 +249,7 @@ class Decoders:
             ev = (self._fast if size <= self._fast_below else self._checked).decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError) as exc:
             ev = self._recover(raw, exc, PREDICTION_FIELDS)
-        _check_common(ev, "event_time", limits)
+        _check_common(ev, "event_time")
         if len(ev.features) > limits.max_features:
             raise EventValidationError(
                 "too_many_features", "$.features", f"{len(ev.features)} > max_features={limits.max_features}"
@@ -284,7 +284,7 @@ class Decoders:
             parsed = _classify_syntax(raw)
             _check_version(parsed)
             raise _from_msgspec(exc, parsed, self.types) from None
-        _check_common(ev, "label_time", self.limits)
+        _check_common(ev, "label_time")
         return ev, _check_time(ev.label_time, "$.label_time", now, self.limits)
 
     def _recover(self, raw: bytes, exc: Exception, fields: frozenset[str]) -> Any:

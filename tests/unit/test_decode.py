@@ -20,20 +20,28 @@ from schemas import (
     decode_label,
     decode_prediction,
 )
-from schemas.decode import TIMESTAMP_PATTERN
+from schemas.decode import TIMESTAMP_PATTERN, _types
+from schemas.limits import DEFAULT_LIMITS
 from tests.helpers import BASE_EVENT, event, raw
 
 DEC = Decoders()
 
 
-def code_of(payload: bytes, dec: Decoders = DEC, now: dt.datetime | None = None) -> tuple[str, str]:
+def fresh(limits: Limits = DEFAULT_LIMITS) -> Decoders:
+    """Decoders built now, by the test: ``_types`` caches the struct classes per limits, and a
+    decoder built at import would not show what ``Decoders()`` builds (mutation testing)."""
+    _types.cache_clear()
+    return Decoders(limits)
+
+
+def code_of(payload: bytes, dec: Decoders | None = None, now: dt.datetime | None = None) -> tuple[str, str]:
     with pytest.raises(EventValidationError) as info:
-        dec.prediction(payload, now)
+        (dec or fresh()).prediction(payload, now)
     return info.value.code, info.value.path
 
 
 def test_reference_event_decodes() -> None:
-    ev, ts = DEC.prediction(REFERENCE_EVENT)
+    ev, ts = fresh().prediction(REFERENCE_EVENT)
     assert ev.event_id == BASE_EVENT["event_id"]
     assert ts == dt.datetime(2026, 3, 1, 12, 0, 0, 123000, tzinfo=dt.timezone.utc)
     assert ev.features["country"] == "DE" and ev.features["num_00"] == 0.123456
@@ -168,7 +176,7 @@ def test_error_messages_say_what_is_wrong(name: str) -> None:
     """Ours exactly; a parser's message is kept whole (orjson's with its position appended)."""
     payload = next(c[1] for c in CASES if c[0] == name)
     with pytest.raises(EventValidationError) as info:
-        DEC.prediction(payload)
+        fresh().prediction(payload)
     expected = MESSAGES[name]
     message = info.value.message
     assert message == expected or (message.startswith(expected + ": line ") and " (char " in message)
@@ -204,7 +212,7 @@ def test_limits_are_configurable() -> None:
 def test_default_string_limit_applies_to_large_payloads() -> None:
     # a payload above the fast-path threshold takes the fully constrained decoder
     assert code_of(raw(event(request_id="r" * 4097))) == ("string_too_long", "$.request_id")
-    assert DEC.prediction(raw(event(request_id="r" * 4096)))[0].request_id == "r" * 4096
+    assert fresh().prediction(raw(event(request_id="r" * 4096)))[0].request_id == "r" * 4096
     assert code_of(raw(event(features=features_with(v=[0.5] * 4097)))) == ("vector_too_long", "$.features.v")
     assert code_of(raw(event(features={f"f{i}": 1 for i in range(501)}))) == (
         "too_many_features",
@@ -214,13 +222,13 @@ def test_default_string_limit_applies_to_large_payloads() -> None:
 
 def test_time_bounds_use_the_given_ingest_time() -> None:
     now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
-    assert DEC.prediction(REFERENCE_EVENT, now)[1].hour == 12
+    assert fresh().prediction(REFERENCE_EVENT, now)[1].hour == 12
     future = raw(event(event_time="2026-03-01T12:06:00Z"))
     assert code_of(future, now=now) == ("timestamp_out_of_bounds", "$.event_time")
-    assert DEC.prediction(future, now + dt.timedelta(minutes=2))  # within skew
+    assert fresh().prediction(future, now + dt.timedelta(minutes=2))  # within skew
     old = raw(event(event_time="2026-02-20T00:00:00+01:00"))
     assert code_of(old, now=now) == ("timestamp_out_of_bounds", "$.event_time")
-    assert DEC.prediction(old)  # replay: no ingest time, no relative bound
+    assert fresh().prediction(old)  # replay: no ingest time, no relative bound
     lenient = Decoders(Limits(max_event_age_s=30 * 86400))
     assert lenient.prediction(old, now)
 
@@ -232,7 +240,7 @@ def test_schema_evolution_rule() -> None:
     # a newer minor: extra fields allowed at top level and in prediction, kept as extensions
     newer = event(schema_version="1.3", trace={"span": "a"})
     newer["prediction"] = {**newer["prediction"], "calibrated": True}
-    ev, _ = DEC.prediction(raw(newer))
+    ev, _ = fresh().prediction(raw(newer))
     assert ev.extensions == {"trace": {"span": "a"}}
     assert ev.prediction.score == 0.93
     # ... but not inside model (not an extension point)
@@ -341,7 +349,7 @@ def test_corrupted_reference_is_valid_or_coded(pos: int, junk: bytes) -> None:
 
 
 def test_decoded_events_convert_to_builtins() -> None:
-    ev, _ = DEC.prediction(REFERENCE_EVENT)
+    ev, _ = fresh().prediction(REFERENCE_EVENT)
     assert msgspec.to_builtins(ev)["model"] == {"name": "fraud", "version": "2026-02-15"}
 
 
@@ -400,19 +408,19 @@ def test_each_limit_holds_at_its_value_and_refuses_one_more_with_the_numbers() -
 def test_model_name_and_version_are_1_to_128_characters() -> None:
     for key in ("name", "version"):
         ok = {"name": "m", "version": "1", key: "n" * 128}
-        assert getattr(DEC.prediction(raw(event(model=ok)))[0].model, key) == "n" * 128
-        assert error_of(DEC.prediction, raw(event(model={**ok, key: "n" * 129}))) == (
+        assert getattr(fresh().prediction(raw(event(model=ok)))[0].model, key) == "n" * 128
+        assert error_of(fresh().prediction, raw(event(model={**ok, key: "n" * 129}))) == (
             "string_too_long",
             f"$.model.{key}",
             "129 > 128 characters",
         )
-        assert error_of(DEC.prediction, raw(event(model={**ok, key: ""}))) == (
+        assert error_of(fresh().prediction, raw(event(model={**ok, key: ""}))) == (
             "out_of_range",
             f"$.model.{key}",
             "must not be empty",
         )
     labelled = orjson.loads(LABEL) | {"model": {"name": "", "version": "1"}}
-    assert error_of(DEC.label, orjson.dumps(labelled))[:2] == ("out_of_range", "$.model.name")
+    assert error_of(fresh().label, orjson.dumps(labelled))[:2] == ("out_of_range", "$.model.name")
 
 
 def test_time_bounds_are_inclusive_and_the_message_gives_the_distance() -> None:
@@ -442,27 +450,27 @@ def test_time_bounds_are_inclusive_and_the_message_gives_the_distance() -> None:
 
 def test_label_errors_name_the_field_and_the_rule() -> None:
     base = orjson.loads(LABEL)
-    assert error_of(DEC.label, orjson.dumps(base | {"label_time": "2026-03-01 12:00:00Z"})) == (
+    assert error_of(fresh().label, orjson.dumps(base | {"label_time": "2026-03-01 12:00:00Z"})) == (
         "invalid_timestamp",
         "$.label_time",
         f"must be RFC 3339 with an offset ({TIMESTAMP_PATTERN})",
     )
-    assert error_of(DEC.label, orjson.dumps(base | {"label_time": "2026-02-30T12:00:00Z"})) == (
+    assert error_of(fresh().label, orjson.dumps(base | {"label_time": "2026-02-30T12:00:00Z"})) == (
         "invalid_timestamp",
         "$.label_time",
         "not a valid date-time: day is out of range for month",
     )
-    assert error_of(DEC.label, orjson.dumps(base | {"schema_version": "3"})) == (
+    assert error_of(fresh().label, orjson.dumps(base | {"schema_version": "3"})) == (
         "unknown_schema_version",
         "$.schema_version",
         "'3': this consumer reads 1 and 1.N",
     )
-    assert error_of(DEC.label, orjson.dumps({k: v for k, v in base.items() if k != "label"})) == (
+    assert error_of(fresh().label, orjson.dumps({k: v for k, v in base.items() if k != "label"})) == (
         "missing_field",
         "$.label",
         "Object missing required field `label`",
     )
-    assert error_of(DEC.label, b"[1]") == ("not_an_object", "$", "expected a JSON object, got list")
+    assert error_of(fresh().label, b"[1]") == ("not_an_object", "$", "expected a JSON object, got list")
 
 
 def test_small_payloads_still_get_every_length_limit() -> None:
@@ -483,10 +491,10 @@ def test_small_payloads_still_get_every_length_limit() -> None:
 
 def test_large_labels_and_newer_minor_events_get_the_length_limits() -> None:
     long_label = orjson.dumps(orjson.loads(LABEL) | {"label": "y" * 4097})
-    assert error_of(DEC.label, long_label)[:2] == ("string_too_long", "$.label")
-    assert DEC.label(orjson.dumps(orjson.loads(LABEL) | {"label": "y" * 4096}))[0].label == "y" * 4096
+    assert error_of(fresh().label, long_label)[:2] == ("string_too_long", "$.label")
+    assert fresh().label(orjson.dumps(orjson.loads(LABEL) | {"label": "y" * 4096}))[0].label == "y" * 4096
     newer = raw(event(schema_version="1.1", trace="t", request_id="r" * 4097))
-    assert error_of(DEC.prediction, newer)[:2] == ("string_too_long", "$.request_id")
+    assert error_of(fresh().prediction, newer)[:2] == ("string_too_long", "$.request_id")
 
 
 def deep_list(levels: int) -> bytes:
@@ -498,7 +506,7 @@ def test_a_newer_minors_deep_extension_is_a_coded_error_not_a_recursion_error(le
     """orjson parses up to 1024 levels; msgspec's lenient decode used to raise RecursionError
     (escaping every caller) at about 1000. Both extension points are bounded by max_depth."""
     top = raw(event(schema_version="1.1"))[:-1] + b',"deep":' + deep_list(levels) + b"}"
-    assert error_of(DEC.prediction, top) == (
+    assert error_of(fresh().prediction, top) == (
         "nesting_too_deep",
         "$.deep" + "[0]" * 16,
         "more than max_depth=16 levels",
@@ -506,7 +514,7 @@ def test_a_newer_minors_deep_extension_is_a_coded_error_not_a_recursion_error(le
     inside = raw(event(schema_version="1.1")).replace(
         b'"prediction":{', b'"prediction":{"deep":' + deep_list(levels) + b",", 1
     )
-    assert error_of(DEC.prediction, inside) == (
+    assert error_of(fresh().prediction, inside) == (
         "nesting_too_deep",
         "$.prediction.deep" + "[0]" * 16,
         "more than max_depth=16 levels",
@@ -531,3 +539,100 @@ def test_extension_values_nest_up_to_max_depth_levels_in_lists_and_objects() -> 
         "$.prediction.why[0][0][0]",
         "more than max_depth=3 levels",
     )
+
+
+def test_decoded_events_are_the_named_v1_types_with_their_defaults() -> None:
+    dec = fresh()
+    ev, _ = dec.prediction(raw(event(status=None, prediction={"value": 3.25})))
+    assert (type(ev).__name__, type(ev.model).__name__, type(ev.prediction).__name__) == (
+        "PredictionEvent",
+        "ModelRef",
+        "Prediction",
+    )
+    assert ev.status == "ok" and ev.prediction.value == 3.25 and ev.prediction.label is None
+    assert dec.prediction(raw(event(status="error")))[0].status == "error"
+    lbl, _ = dec.label(LABEL)
+    assert type(lbl).__name__ == "LabelEvent" and lbl.model is None
+    assert repr(ev).startswith("PredictionEvent(schema_version='1', event_id=")
+
+
+def test_strict_v1_refuses_unknown_prediction_fields_a_newer_minor_ignores_them() -> None:
+    dec = fresh()
+    v1 = event()
+    v1["prediction"] = {**v1["prediction"], "calibrated": True}
+    assert code_of(raw(v1), dec) == ("unknown_field", "$.prediction.calibrated")
+    newer = {**v1, "schema_version": "1.1"}
+    ev, _ = dec.prediction(raw(newer))
+    assert ev.extensions is None and ev.prediction.score == 0.93  # nothing at the top level to keep
+    assert not hasattr(dec.prediction(raw(event()))[0], "extensions")  # v1 events carry none
+
+
+def test_bad_values_in_free_form_objects_are_named_by_their_key() -> None:
+    dec = fresh()
+    assert code_of(raw(event(metadata={"host": "h", "port": 8080})), dec) == ("wrong_type", "$.metadata.port")
+    assert code_of(raw(event(features=features_with(o={"a": 1}))), dec) == ("wrong_type", "$.features.o")
+    newer = raw(event(schema_version="1.1", trace="t", features=features_with(o={"a": 1})))
+    assert code_of(newer, dec) == ("wrong_type", "$.features.o")  # the newer minor's path too
+
+
+def test_length_errors_keep_the_parsers_words() -> None:
+    small = fresh(Limits(max_string_length=5, max_vector_length=2))
+    assert error_of(small.prediction, raw(event(request_id="abcdef", metadata=None))) == (
+        "string_too_long",
+        "$.request_id",
+        "Expected `str` of length <= 5",
+    )
+    assert error_of(
+        small.prediction, raw(event(features={"v": [1, 2, 3]}, metadata=None, request_id=None))
+    ) == (
+        "vector_too_long",
+        "$.features.v",
+        "Expected `array` of length <= 2",
+    )
+
+
+def test_non_finite_literals_anywhere_even_first_and_the_parsers_depth_limit() -> None:
+    assert code_of(b"NaN") == ("non_finite_number", "$")
+    assert code_of(b"Infinity") == ("non_finite_number", "$")
+    code, path, message = error_of(fresh().prediction, b"[" * 5000 + b"]" * 5000)
+    assert (code, path) == ("nesting_too_deep", "$") and message.startswith("depth limit exceeded")
+
+
+def test_the_module_functions_take_limits_and_the_ingest_time() -> None:
+    now = dt.datetime(2026, 3, 1, 12, 0, tzinfo=dt.timezone.utc)
+    two = raw(event(features={"a": 1, "b": 2}, metadata=None))
+    assert decode_prediction(two).features == {"a": 1.0, "b": 2.0}
+    with pytest.raises(EventValidationError, match="max_features=1"):
+        decode_prediction(two, limits=Limits(max_features=1))
+    with pytest.raises(EventValidationError, match="after ingest time"):
+        decode_prediction(raw(event(event_time="2026-03-01T12:10:00Z")), now)
+    long_label = orjson.dumps(orjson.loads(LABEL) | {"label": "abcdef"})
+    assert decode_label(long_label).label == "abcdef"
+    with pytest.raises(EventValidationError, match="length <= 5"):
+        decode_label(long_label, limits=Limits(max_string_length=5))
+    with pytest.raises(EventValidationError, match="after ingest time"):
+        decode_label(LABEL, now - dt.timedelta(hours=1))
+
+
+def test_event_time_is_utc_whatever_the_machines_time_zone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from schemas.decode import parse_timestamp
+
+    monkeypatch.setenv("TZ", "America/New_York")
+    time.tzset()
+    try:
+        assert parse_timestamp("2026-01-31T12:00:00+01:00").isoformat() == "2026-01-31T11:00:00+00:00"
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+
+
+def test_to_builtins_drops_unset_optional_fields_only() -> None:
+    from schemas.decode import to_builtins
+
+    ev, _ = fresh().prediction(raw(event(request_id=None, metadata=None, latency_ms=0)))
+    out = to_builtins(ev)
+    assert "request_id" not in out and "metadata" not in out
+    assert out["latency_ms"] == 0.0 and out["model"] == {"name": "fraud", "version": "2026-02-15"}
+    assert out["prediction"]["score"] == 0.93
