@@ -191,6 +191,9 @@ def test_stored_payload_modes_at_the_size_edge(red: PayloadRedactor) -> None:
     assert stored_payload(raw, "redacted", red, 12, n - 1) == (b'{"ssn": "pii:dropped"', ["123"])
     assert stored_payload(raw, "full", red, 12, n - 1) == (raw[:12], ["123"])
     assert stored_payload(raw, "redacted", None, 12, n - 1) == (raw[:12], [])
+    # a prefix that happens to parse is still byte-scanned (the documented form of a prefix)
+    padded = b'{"ssn":  1}' + b" " * 20
+    assert stored_payload(padded, "redacted", red, 11, 15) == (b'{"ssn":  "pii:dropped"}', ["1"])
     for bad in ("raw", "", "REDACTED"):
         with pytest.raises(ValueError, match=r"dead letter payload mode must be one of .*'redacted'"):
             stored_payload(raw, bad, red, 4, n)
