@@ -198,9 +198,19 @@ def run_demo(
             lambda: localstack.start_bqemulator(PROJECT, work, data_dir=bq_dir),
         ) as (pubsub, bq):
             summary = stream_end_to_end(
-                pubsub.endpoint, bq.endpoint, f"chdb://{chdb_dir}", events, out, stall_s=stall_s
+                pubsub.endpoint,
+                bq.endpoint,
+                f"chdb://{chdb_dir}",
+                events,
+                out,
+                stall_s=stall_s,
+                bq_write_endpoint=bq.grpc_endpoint,
             )
             bq_endpoint = bq.endpoint
+        # the report reads chDB from this process, which holds the directory's lock
+        from pipelines.report import write_local_report
+
+        report_line = write_local_report(f"chdb://{chdb_dir}", "audit", work / "report.html")
     except (DemoStalled, localstack.ServiceStartError) as exc:
         err.write(f"predaudit demo: error: {exc}; logs in {work}\n")
         return 1
@@ -208,6 +218,7 @@ def run_demo(
         err.write(f"predaudit demo: interrupted; logs in {work}\n")
         return 130
     out.write(where_the_data_is(chdb_dir, bq_dir, bq_endpoint, PROJECT, "audit"))
+    out.write(report_line)
     return 0 if summary["conserved"] else 1
 
 
@@ -261,8 +272,12 @@ def stream_end_to_end(
     seed: int = 42,
     window_s: int = 60,
     stall_s: float = STALL_S,
+    bq_write_endpoint: str = "",
 ) -> dict:
     """Provision, run the streaming pipeline in this process, publish, wait, report.
+
+    ``bq_write_endpoint`` (bqemulator's gRPC port) makes the BigQuery sink write through the
+    Storage Write API, its default path; empty = the emulator's legacy insertAll.
 
     Waits until every event is accounted for; fails (DemoStalled) when nothing moved for
     ``stall_s`` seconds, or after ``timeout`` seconds in all when one is given. The
@@ -295,6 +310,7 @@ def stream_end_to_end(
             f"--bq_project={project}",
             f"--bq_dataset={dataset}",
             f"--bq_endpoint={bq_endpoint}",
+            *([f"--bq_write_endpoint={bq_write_endpoint}"] if bq_write_endpoint else []),
             f"--clickhouse_dsn={clickhouse_dsn}",
             f"--clickhouse_database={dataset}",
             f"--model_specs={SPECS}",

@@ -44,7 +44,7 @@ def ch_count(client, db: str, sql: str) -> int:
 
 
 def test_replay_conserves_every_event_in_both_sinks(
-    tmp_path, chdb_path, chdb_client, ch_database, bq_client, bq_dataset
+    tmp_path, chdb_path, chdb_client, ch_database, bq_emulator, bq_client, bq_dataset
 ) -> None:
     create_clickhouse_tables(chdb_client, ch_database)
     create_bigquery_tables(bq_client, BQ_PROJECT, bq_dataset)
@@ -65,6 +65,8 @@ def test_replay_conserves_every_event_in_both_sinks(
         f"--bq_project={BQ_PROJECT}",
         f"--bq_dataset={bq_dataset}",
         f"--bq_endpoint={bq_client._connection.API_BASE_URL}",
+        # the sink's default path: the Storage Write API (the emulator's gRPC port)
+        f"--bq_write_endpoint={bq_emulator.grpc_endpoint}",
         f"--model_specs={SPECS}",
     ]
     replay(args)

@@ -20,6 +20,7 @@ def test_publish_pipeline_both_sinks_conservation(
         project=BQ_PROJECT,
         dataset="stream_e2e",
         seed=7,
+        bq_write_endpoint=bq_emulator.grpc_endpoint,  # the sink's default path: Storage Write API
     )
     assert s["conserved"], s
     assert s["bigquery_rows"] == s["clickhouse_rows"] == s["distinct"]
