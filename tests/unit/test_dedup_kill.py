@@ -18,6 +18,7 @@ import pytest
 from apache_beam.testing.test_stream import TestStream as EventStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import TimestampedValue
+from apache_beam.utils.timestamp import Duration, Timestamp
 
 from pipelines.replay import identity_of
 from schemas import Decoders
@@ -308,3 +309,54 @@ def test_replay_resolved_copies_carry_the_first_copys_event_time_and_counts() ->
     assert [(r["event_id"], r["ingest_time"]) for r in rows] == [(ev, row_of(*first)["ingest_time"])]
     assert dead == [] and counters["predictions_duplicates"] == 3
     assert counters.get("predictions_conflicting_duplicates", 0) == 0
+
+
+class _State:
+    """A ReadModifyWriteState as the runner hands it to one key."""
+
+    def __init__(self) -> None:
+        self.value: str | None = None
+
+    def read(self) -> str | None:
+        return self.value
+
+    def write(self, value: str) -> None:
+        self.value = value
+
+    def clear(self) -> None:
+        self.value = None
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.at: Timestamp | None = None
+
+    def set(self, at: Timestamp) -> None:
+        self.at = at
+
+
+def test_streaming_state_counts_each_copy_and_expires_one_horizon_after_the_event() -> None:
+    """The stream's counters (the DirectRunner reports none for a TestStream pipeline), read
+    from the step's MetricsContainer as a runner records them."""
+    from tests.unit.test_sinks_contract import counted
+    from transforms.dedup import _DedupFn
+
+    first = prediction("fraud", "evt-00000017", 0.9, ingest_s=1)
+    conflict = prediction("fraud", "evt-00000017", 0.4, ingest_s=5)
+    fn, state, timer = _DedupFn(90.0, "labels"), _State(), _Timer()
+    at = Timestamp(first["event_time"] / 1e6)
+
+    def feed(row: dict) -> list:
+        return list(fn.process(("k", row), ts=at, first=state, expiry=timer))
+
+    with counted() as count:
+        assert feed(first) == [first]
+        assert timer.at == at + Duration.of(90) and state.read() == content_sha256(first)
+        assert feed(prediction("fraud", "evt-00000017", 0.9, ingest_s=2)) == []
+        assert feed(prediction("fraud", "evt-00000017", 0.9, ingest_s=3)) == []
+        (dead,) = feed(conflict)
+        assert (count("labels_duplicates"), count("labels_conflicting_duplicates")) == (2, 1)
+        fn.expire(first=state)  # the horizon is over: the next copy is a first copy again
+        assert feed(conflict) == [conflict]
+    assert dead.tag == DEAD_LETTERS and dead.value["error_code"] == "conflicting_duplicate"
+    assert dead.value["error_message"].startswith("labels: a later copy of label for evt-00000017 with")
