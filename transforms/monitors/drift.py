@@ -15,6 +15,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import datetime as dt
+import logging
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -114,14 +115,23 @@ class _BinFn(beam.DoFn):
     window per batch; each partial is stamped with an event time inside its window.
     """
 
-    def __init__(self, references: Mapping[str, ModelReference], bucket_s: int, skip: frozenset[str]) -> None:
+    def __init__(
+        self,
+        references: Mapping[str, ModelReference],
+        bucket_s: int,
+        skip: frozenset[str],
+        infer_unknown: bool = False,
+    ) -> None:
         # bucket = the window, or the period of sliding windows: a bucket lies in one set of windows
         self.references, self.window_us, self.skip = dict(references), bucket_s * 1_000_000, skip
+        self.infer_unknown = infer_unknown
 
     def process(self, element) -> Iterator[Any]:
         batch = isinstance(element, list)
         rows = element if batch else (element,)
-        if self.skip:  # warm-up models are binned by _WarmupFn
+        if self.infer_unknown:  # every model without a reference is binned by _WarmupFn
+            rows = [r for r in rows if r["model_name"] in self.references]
+        elif self.skip:  # warm-up models are binned by _WarmupFn
             rows = [r for r in rows if r["model_name"] not in self.skip]
         for key, (n, counts, t) in bin_rows(rows, self.references.get, self.window_us):
             value = (key, (n, counts, None))
@@ -190,8 +200,8 @@ class _WarmupFn(beam.DoFn):
         model, version = key.split("\x00")
         ref = ref_state.read()
         if ref is None:
-            spec = self.specs[model]
-            n_warmup = spec.monitors.warmup_events
+            spec = self.specs.get(model)
+            n_warmup = spec.monitors.warmup_events if spec is not None else DEFAULT_WARMUP_EVENTS
             buf = rows_state.read() or []
             take = rows[: max(n_warmup - len(buf), 0)]
             buf.extend({f: r.get(f) for f in _WARMUP_FIELDS} for r in take)
@@ -200,9 +210,23 @@ class _WarmupFn(beam.DoFn):
             if len(buf) < n_warmup:
                 rows_state.write(buf)
                 return
+            baseline = "warmup"
+            if spec is None:  # a model without a spec: signals inferred over its warm-up
+                spec, baseline = inferred_spec(model, buf), "inferred"
+                counter("monitor_inferred_specs").inc()
+                logging.getLogger(__name__).info(
+                    "model %s version %s has no spec: monitored on a spec inferred from its first %d rows",
+                    model, version, len(buf),
+                )  # fmt: skip
+            else:
+                logging.getLogger(__name__).info(
+                    "model %s version %s has no reference: monitored against its first %d rows",
+                    model, version, len(buf),
+                )  # fmt: skip
             signals, missing, n = warmup_baseline(buf, spec, version, bins=spec.monitors.psi.bins)
+            settings = self.settings.get(model) or drift_settings(spec)
             ref = ModelReference(
-                model, version, signals, self.settings[model], missing=missing, events=n, baseline="warmup"
+                model, version, signals, settings, missing=missing, events=n, baseline=baseline
             )
             ref_state.write(ref)
             rows_state.clear()
@@ -211,10 +235,42 @@ class _WarmupFn(beam.DoFn):
             yield TimestampedValue((k, (n, counts, ref)), t / 1e6)
 
 
-def _warmup_keys(element, models: frozenset[str]) -> Iterator[tuple[str, list]]:
+#: warm-up rows of a model without a spec (its spec is inferred from them)
+DEFAULT_WARMUP_EVENTS = 2000
+
+
+def inferred_spec(model: str, rows: list[Mapping[str, Any]]) -> Any:
+    """A ModelSpec inferred (``schemas.infer``) from warm-up rows of a model without a spec."""
+    from schemas.infer import infer_spec, spec_yaml
+    from schemas.specs import parse_spec
+
+    events = (
+        {
+            "model": {"name": model},
+            "features": orjson.loads(r["features"]),
+            "prediction": {
+                k: r[c]
+                for k, c in (
+                    ("label", "prediction_label"),
+                    ("score", "prediction_score"),
+                    ("value", "prediction_value"),
+                )
+                if r.get(c) is not None
+            },
+        }
+        for r in rows
+    )
+    return parse_spec(spec_yaml(infer_spec(events, model)), f"<inferred {model}>")
+
+
+def _warmup_keys(
+    element, models: frozenset[str], referenced: frozenset[str] | None = None
+) -> Iterator[tuple[str, list]]:
+    """Rows of warm-up models (and with ``referenced``: of every model not in it) per key."""
     per: dict[str, list] = {}
     for row in element if isinstance(element, list) else (element,):
-        if row["model_name"] in models:
+        name = row["model_name"]
+        if name in models or (referenced is not None and name not in referenced):
             per.setdefault(f"{row['model_name']}\x00{row['model_version']}", []).append(row)
     yield from per.items()
 
@@ -578,7 +634,7 @@ class _TrafficFn(beam.DoFn):
         self.step_us = step_s * 1_000_000  # windows start every step (= the size unless sliding)
 
     def _settings(self, model: str) -> TrafficSettings:
-        s = self.settings[model]
+        s = self.settings.get(model) or DriftSettings()  # a spec-less model: the defaults
         return TrafficSettings(warning=s.traffic[0], critical=s.traffic[1], min_sample_size=s.min_sample_size)
 
     def process(
@@ -652,10 +708,14 @@ class MonitorDrift(beam.PTransform):
         bounded: bool = False,
         warmup: Mapping[str, Any] | None = None,
         period_s: int = 0,
+        infer_unknown: bool = False,
     ) -> None:
         """``warmup``: model name -> ModelSpec for models without a reference file;
-        ``period_s``: sliding windows starting every period (0 = fixed windows)."""
+        ``period_s``: sliding windows starting every period (0 = fixed windows);
+        ``infer_unknown``: models with neither (no spec) are monitored too, on a spec inferred
+        from their first rows and a warm-up baseline of them (``baseline = inferred``)."""
         super().__init__()
+        self.infer_unknown = infer_unknown
         if period_s and (period_s >= window_s or window_s % period_s):
             raise ValueError("a sliding period must divide the window and be shorter than it")
         self.period_s = period_s
@@ -677,14 +737,17 @@ class MonitorDrift(beam.PTransform):
         Flatten never forces full rows to be materialized between stages)."""
         parts = rows if isinstance(rows, tuple | list) else (rows,)
         binned = [
-            pc | f"Bin{i}" >> beam.ParDo(_BinFn(self.references, self.step_s, frozenset(self.warmup)))
+            pc
+            | f"Bin{i}"
+            >> beam.ParDo(_BinFn(self.references, self.step_s, frozenset(self.warmup), self.infer_unknown))
             for i, pc in enumerate(parts)
         ]
-        if self.warmup:
+        if self.warmup or self.infer_unknown:
             models = frozenset(self.warmup)
+            referenced = frozenset(self.references) if self.infer_unknown else None
             binned += [
                 pc
-                | f"WarmupKeys{i}" >> beam.FlatMap(_warmup_keys, models)
+                | f"WarmupKeys{i}" >> beam.FlatMap(_warmup_keys, models, referenced)
                 | f"Warmup{i}" >> beam.ParDo(_WarmupFn(self.warmup, self.settings, self.step_s))
                 for i, pc in enumerate(parts)
             ]

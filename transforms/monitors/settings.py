@@ -74,7 +74,8 @@ class ModelReference:
 
     @property
     def reference_id(self) -> str:
-        return f"{self.model}@{self.version}"
+        """``model@version`` (``#inferred`` when the model has no spec)."""
+        return f"{self.model}@{self.version}" + ("#inferred" if self.baseline == "inferred" else "")
 
 
 SLOTS = {"none": 1, "daily": 24, "weekly": 168}
