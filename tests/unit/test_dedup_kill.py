@@ -360,3 +360,48 @@ def test_streaming_state_counts_each_copy_and_expires_one_horizon_after_the_even
         assert feed(conflict) == [conflict]
     assert dead.tag == DEAD_LETTERS and dead.value["error_code"] == "conflicting_duplicate"
     assert dead.value["error_message"].startswith("labels: a later copy of label for evt-00000017 with")
+
+
+def test_first_of_group_directly_keeps_the_first_copy_and_says_why_for_each_other() -> None:
+    """The replay's per-key step without a pipeline (fast: mutation testing runs it first)."""
+    from tests.unit.test_sinks_contract import counted
+    from transforms.dedup import _FirstOfGroup
+
+    first = prediction("fraud", "evt-00000018", 0.9, ingest_s=1, event_time="2026-03-01T12:00:00Z")
+    same = prediction("fraud", "evt-00000018", 0.9, ingest_s=2, event_time="2026-03-01T12:00:00Z")
+    other = prediction("fraud", "evt-00000018", 0.5, ingest_s=3, event_time="2026-03-01T12:07:00Z")
+    with counted() as count:
+        out = list(_FirstOfGroup("predictions", "event_time").process(("k", [other, same, first])))
+        assert (count("predictions_duplicates"), count("predictions_conflicting_duplicates")) == (1, 1)
+    kept, tagged = out
+    assert kept.value is first and kept.timestamp.micros == _micros("2026-03-01T12:00:00+00:00")
+    assert tagged.tag == DEAD_LETTERS and tagged.value.timestamp.micros == _micros(
+        "2026-03-01T12:07:00+00:00"
+    )
+    dead = tagged.value.value
+    assert orjson.loads(dead["payload_text"])["prediction_score"] == 0.5
+    assert (
+        f"(the first copy: payload sha256 {first['payload_sha256']}, ingested 2026-03-01T00:00:01+00:00)"
+        in dead["error_message"]
+    )
+    with counted() as count:
+        (alone,) = _FirstOfGroup("labels", "label_time").process(("k", [label(7)]))
+        assert count("labels_duplicates") == 0
+    assert alone.timestamp.micros == _micros("2026-03-01T13:00:00+00:00")
+
+
+def test_the_key_pass_helpers_directly() -> None:
+    from transforms.dedup import _duplicated, _shard_keys, _SplitDuplicates
+
+    shards = dict(_shard_keys([b"a", b"?x", b"b", b"a"], key_of, 4))
+    assert sorted(k for keys in shards.values() for k in keys) == ["a", "a", "b"]
+    assert all(0 <= s < 4 for s in shards) and len({s for s, keys in shards.items() if "a" in keys}) == 1
+    assert sorted(_duplicated((0, [["a", "b"], ["b", "c", "c"], ["d"]]))) == ["b", "c"]
+    split = _SplitDuplicates("payload_sha256")
+    rows = [{"payload_sha256": k} for k in "abc"]
+    assert list(split.process(rows, [])) == [rows]
+    out = list(split.process(rows, ["b"]))
+    assert out[0].tag == "dupes" and out[0].value == ("b", rows[1])
+    assert out[1] == [rows[0], rows[2]]
+    assert [o.tag for o in split.process([rows[1]], ["b"])] == ["dupes"]  # no empty batch
+    assert list(split.process(rows, [])) == [rows]  # a new side input replaces the cached set
