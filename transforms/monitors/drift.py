@@ -784,4 +784,6 @@ class MonitorDrift(beam.PTransform):
             | "AllBreaches" >> beam.Flatten()
             | "Alert" >> beam.ParDo(AlertFn(self.settings))
         )
-        return {DRIFT_METRICS: stats[DRIFT_METRICS], ANOMALIES: anomalies}
+        # one windowing for every monitor's metrics (merged spans are global): they are flattened
+        metrics = stats[DRIFT_METRICS] | "MetricsGlobal" >> beam.WindowInto(window.GlobalWindows())
+        return {DRIFT_METRICS: metrics, ANOMALIES: anomalies}

@@ -381,4 +381,6 @@ class MonitorPerformance(beam.PTransform):
             | "Sum" >> beam.CombinePerKey(_sum3)
             | "Metrics" >> beam.ParDo(_PerformanceFn(*self.args)).with_outputs(DRIFT_METRICS, main="breaches")
         )
-        return {DRIFT_METRICS: stats[DRIFT_METRICS], "breaches": stats.breaches}
+        # global like MonitorDrift's metrics (its merged low-traffic spans), so they flatten together
+        metrics = stats[DRIFT_METRICS] | "MetricsGlobal" >> beam.WindowInto(window.GlobalWindows())
+        return {DRIFT_METRICS: metrics, "breaches": stats.breaches}
