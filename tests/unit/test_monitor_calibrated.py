@@ -131,3 +131,25 @@ def test_an_optional_feature_going_30_percent_null_is_named_within_one_window() 
     assert [(s, m) for s, m, _, _ in fired] == [("email", "missing_rate")]
     _, _, rate, threshold = fired[0]
     assert rate > threshold > 0.05  # both are missing-value rates: comparable
+
+
+def test_a_registered_statistic_is_computed_for_every_signal_once_registered() -> None:
+    from transforms.monitors.statistics import WINDOW_STATISTICS, WindowStatistic, register
+    from transforms.monitors.stats import proportions
+
+    def hellinger(expected, counts, _epsilon):
+        p, q = np.asarray(expected, dtype=float), proportions(counts)
+        return float(np.sqrt(0.5 * np.sum((np.sqrt(p) - np.sqrt(q)) ** 2)))
+
+    rng = np.random.default_rng(15)
+    ref = reference({"x": lambda n: rng.normal(size=n), "y": lambda n: rng.normal(size=n)}, DriftSettings())
+    register(WindowStatistic("hellinger", hellinger))
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            register(WindowStatistic("hellinger", hellinger))
+        counts = window_counts(ref, {"x": rng.normal(size=2000), "y": rng.normal(1.0, size=2000)})
+        rows = {r["signal"]: r["value"] for r, _ in window_metrics("m", "1", 2000, counts, ref, T0, T0)
+                if r["metric"] == "hellinger"}  # fmt: skip
+    finally:
+        del WINDOW_STATISTICS["hellinger"]
+    assert set(rows) == {"x", "y"} and rows["x"] < 0.05 < rows["y"]
