@@ -225,9 +225,9 @@ def test_stream_join_counts_every_label_and_prediction_it_does_not_join() -> Non
 
 # -- per-window performance -----------------------------------------------------------------
 def test_accuracy_windows_statuses_and_breaches() -> None:
-    def outcomes(model: str, start: int, errors: list[float]) -> list[TimestampedValue]:
+    def outcomes(model: str, start: int, errors: list[float], version: str = "1") -> list[TimestampedValue]:
         t = [(T0 + start) * US + k * 1000 for k in range(len(errors))]  # ms apart: one window
-        return [TimestampedValue((model, "1", t[k], e), t[k] / US) for k, e in enumerate(errors)]
+        return [TimestampedValue((model, version, t[k], e), t[k] / US) for k, e in enumerate(errors)]
 
     rows = outcomes("a", 0, [0.0] * 9 + [1.0])  # 0.9: ok
     rows += outcomes("a", 60, [0.0] * 3 + [1.0])  # 0.75: warning (floor 0.8)
@@ -235,14 +235,19 @@ def test_accuracy_windows_statuses_and_breaches() -> None:
     rows += outcomes("a", 180, [1.0] * 3)  # 3 labeled < min 4: insufficient, no breach
     rows += outcomes("b", 0, [1.0] * 99)  # no min given: 100; 99 is not enough
     rows += outcomes("b", 60, [0.0] * 100)  # exactly enough
+    rows += outcomes("c", 0, [0.0, 1.0], version="7")  # no limits: a metric row, never a breach
     limits = {"a": performance_limits(0.8, None), "b": performance_limits(0.5, None)}
     with beam.Pipeline() as p:
-        out = p | beam.Create(rows) | MonitorPerformance({"a": "classification"}, limits, {"a": 4}, 60, 0)
+        out = (
+            p
+            | beam.Create(rows)
+            | MonitorPerformance({"a": "classification"}, limits, {"a": 4, "c": 1}, 60, 0)
+        )
         assert_that(
             out["drift_metrics"]
             | beam.Map(
                 lambda r: (
-                    r["model_name"],
+                    r["model_name"] + "@" + r["model_version"],
                     r["window_start"] // US - T0,
                     r["window_end"] // US - T0,
                     r["metric"],
@@ -255,12 +260,13 @@ def test_accuracy_windows_statuses_and_breaches() -> None:
             ),
             equal_to(
                 [
-                    ("a", 0, 60, "accuracy", "accuracy", 0.9, 10, "ok", "a@labels"),
-                    ("a", 60, 120, "accuracy", "accuracy", 0.75, 4, "warning", "a@labels"),
-                    ("a", 120, 180, "accuracy", "accuracy", 0.7, 10, "critical", "a@labels"),
-                    ("a", 180, 240, "accuracy", "accuracy", 0.0, 3, "insufficient", "a@labels"),
-                    ("b", 0, 60, "accuracy", "accuracy", 0.0, 99, "insufficient", "b@labels"),
-                    ("b", 60, 120, "accuracy", "accuracy", 1.0, 100, "ok", "b@labels"),
+                    ("a@1", 0, 60, "accuracy", "accuracy", 0.9, 10, "ok", "a@labels"),
+                    ("a@1", 60, 120, "accuracy", "accuracy", 0.75, 4, "warning", "a@labels"),
+                    ("a@1", 120, 180, "accuracy", "accuracy", 0.7, 10, "critical", "a@labels"),
+                    ("a@1", 180, 240, "accuracy", "accuracy", 0.0, 3, "insufficient", "a@labels"),
+                    ("b@1", 0, 60, "accuracy", "accuracy", 0.0, 99, "insufficient", "b@labels"),
+                    ("b@1", 60, 120, "accuracy", "accuracy", 1.0, 100, "ok", "b@labels"),
+                    ("c@7", 0, 60, "accuracy", "accuracy", 0.5, 2, "ok", "c@labels"),
                 ]
             ),
             label="metrics",
