@@ -725,3 +725,18 @@ def test_the_clickhouse_sink_classifies_with_its_own_database_table_and_dsn() ->
     assert fn.classify(err) == Verdict(
         SINK_FAILURE, "secret_not_found", "cannot read the password: secret_not_found: /run/pw", "create it"
     )
+
+
+def test_each_failing_table_logs_its_own_line_within_the_minute(caplog) -> None:
+    lim = LogLimiter(60.0, clock=lambda: 0.0)  # one process-wide limiter, a frozen clock
+    fns = []
+    for table in ("predictions", "labels"):
+        fn = MemorySink(key(), fail_first=1, fail_with=SinkDown, mode="streaming").for_table(table, 10)
+        fn.sleep = lambda s: None  # type: ignore[method-assign]
+        fn.limiter = lim
+        fns.append(fn)
+    with caplog.at_level(logging.ERROR, logger="transforms.sinks.base"):
+        for fn in fns:
+            assert drive(fn, [pred_row(1)]) == []
+    logged = [r.getMessage().split(" -- ")[0] for r in caplog.records if r.name == "transforms.sinks.base"]
+    assert logged == ["memory: predictions: failure 1", "memory: labels: failure 1"]
