@@ -236,12 +236,15 @@ def test_accuracy_windows_statuses_and_breaches() -> None:
     rows += outcomes("b", 0, [1.0] * 99)  # no min given: 100; 99 is not enough
     rows += outcomes("b", 60, [0.0] * 100)  # exactly enough
     rows += outcomes("c", 0, [0.0, 1.0], version="7")  # no limits: a metric row, never a breach
+    rows += outcomes("r", 0, [1.0, 3.0, 2.0])  # regression: MAE 2, RMSE sqrt(14 / 3)
     limits = {"a": performance_limits(0.8, None), "b": performance_limits(0.5, None)}
     with beam.Pipeline() as p:
         out = (
             p
             | beam.Create(rows)
-            | MonitorPerformance({"a": "classification"}, limits, {"a": 4, "c": 1}, 60, 0)
+            | MonitorPerformance(
+                {"a": "classification", "r": "regression"}, limits, {"a": 4, "c": 1, "r": 1}, 60, 0
+            )
         )
         assert_that(
             out["drift_metrics"]
@@ -267,6 +270,8 @@ def test_accuracy_windows_statuses_and_breaches() -> None:
                     ("b@1", 0, 60, "accuracy", "accuracy", 0.0, 99, "insufficient", "b@labels"),
                     ("b@1", 60, 120, "accuracy", "accuracy", 1.0, 100, "ok", "b@labels"),
                     ("c@7", 0, 60, "accuracy", "accuracy", 0.5, 2, "ok", "c@labels"),
+                    ("r@1", 0, 60, "mae", "mae", 2.0, 3, "ok", "r@labels"),
+                    ("r@1", 0, 60, "rmse", "rmse", round((14 / 3) ** 0.5, 6), 3, "ok", "r@labels"),
                 ]
             ),
             label="metrics",
