@@ -341,3 +341,22 @@ def test_accuracy_windows_statuses_and_breaches() -> None:
             ),
             label="breaches",
         )
+
+
+def test_sliding_performance_windows() -> None:
+    """``period_s``: windows of 60 s starting every 30 s; an outcome counts in both of its windows."""
+    rows = [TimestampedValue(("a", "1", (T0 + s) * US, e), T0 + s) for s, e in ((10, 0.0), (40, 1.0))]
+    with beam.Pipeline() as p:
+        out = p | beam.Create(rows) | MonitorPerformance({}, {}, {"a": 1}, 60, 0, period_s=30)
+        assert_that(
+            out["drift_metrics"]
+            | beam.Map(
+                lambda r: (
+                    r["window_start"] // US - T0,
+                    r["window_end"] // US - T0,
+                    r["value"],
+                    r["sample_size"],
+                )
+            ),
+            equal_to([(-30, 30, 1.0, 1), (0, 60, 0.5, 2), (30, 90, 0.0, 1)]),
+        )
