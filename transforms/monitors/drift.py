@@ -1,13 +1,18 @@
-"""MonitorDrift: per event-time window PSI / JS / L-inf of every signal against its reference.
+"""MonitorDrift: per event-time window statistics of every signal against its reference.
 
-Per row the work is stateless (find each signal's bin); counts are combined per
-(model, version) and fixed event-time window, so no per-element state is touched.
+Per row the work is stateless (find each signal's bin, count missing features); counts are
+combined per (model, version) and event-time window, so no per-element state is touched.
 Windows fire when the watermark passes their end, and again (at most every 5 s of
 processing time) while late rows within the allowed lateness arrive: accumulating, so a
 re-fired window's statistics replace the earlier ones (same ``metric_id``). Rows later than
-the allowed lateness are still audited but dropped from the monitors by Beam. Every statistic becomes a ``drift_metrics`` row, breaches or not; windows
-below the minimum sample size are recorded as ``insufficient`` and never alerted on. PSI
-drives alerts through a per-series severity/cooldown state (``alerts.AlertState``).
+the allowed lateness are still audited but dropped from the monitors by Beam. Every
+registered statistic (``statistics.py``: PSI, JS, L-inf) and each feature's missing rate
+becomes a ``drift_metrics`` row, breaches or not. PSI and missing rates are judged
+calibrated to the window's n (``calibrate.py``) or by fixed spec thresholds; a window below
+the minimum sample size is ``insufficient`` and also merged with the following ones (low
+traffic). Seasonal references compare each window with its hours' profiles. Every judged
+statistic goes as an ``AlertInput`` to the one alerting step (``AlertFn``: severity,
+cooldown, resolved).
 """
 
 from __future__ import annotations
