@@ -88,8 +88,10 @@ def test_stream_merges_small_windows_and_catches_the_step() -> None:
     opts = PipelineOptions()
     opts.view_as(StandardOptions).streaming = True
     stream = EventStream()
-    for batch in batches():  # the watermark follows the batches, so windows fire in order
-        stream = stream.add_elements([TimestampedValue(batch, batch[-1]["event_time"] / 1e6)])
-        stream = stream.advance_watermark_to(batch[-1]["event_time"] / 1e6)
+    bs = batches()
+    for i in range(0, len(bs), 10):  # the watermark follows every 10 batches: windows fire in order
+        group = bs[i : i + 10]
+        stream = stream.add_elements([TimestampedValue(b, b[-1]["event_time"] / 1e6) for b in group])
+        stream = stream.advance_watermark_to(group[-1][-1]["event_time"] / 1e6)
     with beam.Pipeline(options=opts) as p:
         run(p, stream.advance_watermark_to_infinity(), bounded=False)
