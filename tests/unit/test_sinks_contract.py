@@ -362,7 +362,8 @@ def test_write_audit_writes_parts_to_their_table_and_every_dead_letter_to_every_
             "evt-000003",
         ]
         assert max(n for t, n in CALLS[k] if t == "predictions") <= 2  # the batch size reached the DoFn
-    with pytest.raises(ValueError, match="WriteAudit needs at least one sink"):
+    assert WriteAudit([fa]).max_batch_size == 5000  # the default batch, as SinkFn's
+    with pytest.raises(ValueError, match="^WriteAudit needs at least one sink$"):
         WriteAudit([])
 
 
@@ -451,6 +452,8 @@ def test_a_sink_failure_pickles_whole_and_its_marker_parses_back() -> None:
             "run provision",
         )
     assert parse_marked("no marker here") is None
+    two = parse_marked(marked(F) + "\n" + marked(SinkFailure("other", "x.y", "r", "f", "c")))
+    assert two is not None and two.sink == "clickhouse"  # the first marker in the text
     odd = parse_marked(MARKER + "[bq] something else")
     assert odd is not None and (odd.sink, odd.table, odd.code, odd.reason, odd.fix) == (
         "bq",
