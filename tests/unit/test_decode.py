@@ -571,7 +571,8 @@ def test_bad_values_in_free_form_objects_are_named_by_their_key() -> None:
     dec = fresh()
     assert code_of(raw(event(metadata={"host": "h", "port": 8080})), dec) == ("wrong_type", "$.metadata.port")
     assert code_of(raw(event(features=features_with(o={"a": 1}))), dec) == ("wrong_type", "$.features.o")
-    newer = raw(event(schema_version="1.1", trace="t", features=features_with(o={"a": 1})))
+    # the extension comes first, so the strict decoder stops there and the lenient one finds o
+    newer = raw({"trace": "t", **event(schema_version="1.1", features=features_with(o={"a": 1}))})
     assert code_of(newer, dec) == ("wrong_type", "$.features.o")  # the newer minor's path too
 
 
