@@ -93,6 +93,8 @@ def test_join_group_edges() -> None:
     assert pairs == [(p_early, at_edge)] and late == 0  # the earliest copy of a prediction
     pairs, late = join_group([("p", p_early), ("p", p_late), ("l", at_edge)], h)
     assert pairs == [(p_early, at_edge)]
+    twin = ("fraud", "3", 5 * US, "legit", None)  # same time: the first seen stays
+    assert join_group([("p", p_early), ("p", twin), ("l", at_edge)], h)[0] == [(p_early, at_edge)]
     past = (65 * US + 1, "fraud", None, None)
     assert join_group([("p", p_early), ("l", past)], h) == ([], 1)
     # a model without a horizon gets 3600 s
@@ -144,13 +146,14 @@ def test_bounded_join_outcomes_counters_and_event_time() -> None:
         {**label("e2", 100, "legit"), "model_name": ""},  # an empty model is "every model"
         numeric_label("e3", 100, 12.5),
         numeric_label("e4", 100, None),  # no number: not comparable
-        label("e5", 100, "x"),  # no prediction
+        label("e5", 100, "x"),  # no prediction: both late
+        label("e5", 200, "y"),
     ]
     outcomes, counters = run_join(preds, labels, tasks, {"fraud": 3600, "reg": 3600})
     assert outcomes == [("fraud", "1", 0, 0.0, 0), ("fraud", "1", 130, 1.0, 120), ("reg", "1", 10, 2.5, 0)]
     assert counters.get("labels_joined") == 3
     assert counters.get("labels_without_comparable_prediction") == 1
-    assert counters.get("labels_after_horizon") == 1
+    assert counters.get("labels_after_horizon") == 2
 
 
 def test_bounded_join_with_nothing_late_counts_nothing_late() -> None:
