@@ -38,7 +38,7 @@ from schemas.specs import ModelSpec
 from transforms.metrics import counter
 from transforms.monitors.alerts import anomaly_event
 from transforms.monitors.settings import ModelReference, season_slot
-from transforms.monitors.signals import signal_value
+from transforms.monitors.signals import ROW_COLUMN
 from transforms.monitors.stats import NumericReference
 from transforms.rows import from_micros
 
@@ -101,6 +101,12 @@ class AdwinSeries:
         out = []
         adwin, pending = self.adwin, self.pending
         t1, t2, seen = self.total, self.total_sq, self.seen
+        # two-sided CUSUM (inlined: it runs per value): an alarm when either sum passes h;
+        # its effect is the mean of that side's values since its sum was last 0
+        cusum = self.cusum
+        k, h = cusum if cusum is not None else (0.0, 0.0)
+        up, down = self.up, self.down
+        (un, us), (dn, ds) = self.up_run, self.down_run
         for t, v in values:
             before, width = adwin.estimation, adwin.width
             adwin.update(v)
@@ -112,10 +118,26 @@ class AdwinSeries:
                 d = Detection(seen, t, before, adwin.estimation, int(width))
                 out.append(d)
                 pending.append([d, 0, 0.0])
-            if self.cusum is not None:
-                self._cusum(seen, t, v)
+            if cusum is not None:
+                up += v - k
+                if up > 0.0:
+                    un, us = un + 1, us + v
+                else:
+                    up, un, us = 0.0, 0, 0.0
+                down -= v + k
+                if down > 0.0:
+                    dn, ds = dn + 1, ds + v
+                else:
+                    down, dn, ds = 0.0, 0, 0.0
+                if up > h or down > h:
+                    top, run, total = (up, un, us) if up >= down else (down, dn, ds)
+                    mean = total / run
+                    self.confirmed.append(Detection(seen, t, 0.0, mean, run, abs(mean), "cusum", top))
+                    up = down = us = ds = 0.0
+                    un = dn = 0
             seen += 1
         self.total, self.total_sq, self.seen = t1, t2, seen
+        self.up, self.down, self.up_run, self.down_run = up, down, (un, us), (dn, ds)
         return out
 
     def _measure(self, v: float, t1: float, t2: float, n_seen: int) -> None:
@@ -131,21 +153,6 @@ class AdwinSeries:
                 sd = math.sqrt(max(t2 / n_seen - mean * mean, 0.0)) or 1.0
                 d.effect_sd = abs(total / n - d.mean_before) / sd
             self.confirmed.append(d)
-
-    def _cusum(self, index: int, t: int, z: float) -> None:
-        """Two-sided CUSUM on a standardized value: an alarm when either sum passes h; the
-        effect is the mean of that side's values since its sum was last 0."""
-        k, h = self.cusum
-        self.up = max(0.0, self.up + z - k)
-        self.down = max(0.0, self.down - z - k)
-        self.up_run = (self.up_run[0] + 1, self.up_run[1] + z) if self.up else (0, 0.0)
-        self.down_run = (self.down_run[0] + 1, self.down_run[1] + z) if self.down else (0, 0.0)
-        top, (run, total) = max((self.up, self.up_run), (self.down, self.down_run))
-        if top > h:
-            mean = total / run
-            self.confirmed.append(Detection(index, t, 0.0, mean, run, abs(mean), "cusum", top))
-            self.up = self.down = 0.0
-            self.up_run = self.down_run = (0, 0.0)
 
 
 def numeric_signals(spec: ModelSpec) -> tuple[tuple[str, float, float], ...]:
@@ -176,7 +183,8 @@ def series_values(
     if ref is not None and ref.profiles:
         refs = ref.profiles.get(season_slot(row["event_time"], ref.seasonality), refs)
     for s, lo, hi in signals:
-        v = signal_value(row, features, s)
+        col = ROW_COLUMN.get(s)  # signal_value, inlined: this runs per row and signal
+        v = row.get(col) if col is not None else features.get(s)
         if s == "latency_ms":
             if v is not None:  # latencies are heavy-tailed: ADWIN's bound holds on the log scale
                 yield s, math.log1p(v)

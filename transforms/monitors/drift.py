@@ -46,7 +46,7 @@ from transforms.monitors.records import (
     series_key,
 )
 from transforms.monitors.settings import DriftSettings, ModelReference, drift_settings, season_slot
-from transforms.monitors.signals import signal_value
+from transforms.monitors.signals import ROW_COLUMN
 from transforms.monitors.statistics import WINDOW_STATISTICS
 from transforms.monitors.stats import NumericReference, Reference
 from transforms.monitors.traffic import TrafficSettings, TrafficState, observe, silent_window
@@ -57,7 +57,7 @@ from transforms.rows import from_micros, to_micros
 __all__ = ["ANOMALIES", "DRIFT_METRICS", "DriftSettings", "ModelReference", "MonitorDrift", "AlertFn"]
 #: count keys that are not signals: the window's events per seasonal slot
 SLOT_KEY = "\x00slot"
-#: suffix of a feature's missing-value counts ({1: missing, 0: present})
+#: count key of the window's missing values per feature ({feature: rows missing it})
 MISSING = "\x00missing"
 
 
@@ -83,7 +83,8 @@ def _bins(
 ) -> dict[str, int]:
     out: dict[str, int] = {}
     for signal, r in signals.items():
-        v = signal_value(row, features, signal)
+        col = ROW_COLUMN.get(signal)  # signal_value, inlined: this runs per row and signal
+        v = row.get(col) if col is not None else features.get(signal)
         if v is None:
             continue
         if isinstance(r, NumericReference):
@@ -165,9 +166,9 @@ def bin_rows(rows, reference_for, window_us: int) -> Iterator[tuple[tuple[str, s
             per[hit] = per.get(hit, 0) + 1
         features = orjson.loads(row["features"])
         for f in ref.settings.features:
-            per = counts.setdefault(f + MISSING, {})
-            hit = int(features.get(f) is None)
-            per[hit] = per.get(hit, 0) + 1
+            if features.get(f) is None:
+                per = counts.setdefault(MISSING, {})
+                per[f] = per.get(f, 0) + 1
         signals = ref.signals
         if ref.profiles:
             slot = season_slot(t, ref.seasonality)
@@ -409,12 +410,12 @@ def _missing_metrics(
     """Each feature's missing-value rate against the reference's (a monitored signal)."""
     s = ref.settings
     enough = n >= s.min_sample_size
+    missing = counts.get(MISSING, {})
+    size = n  # every row of the window says whether each feature is there
+    if not size:
+        return
     for f in s.features:
-        per = counts.get(f + MISSING, {})
-        size = sum(per.values())
-        if not size:
-            continue
-        rate = per.get(1, 0) / size
+        rate = missing.get(f, 0) / size
         ref_rate = float(ref.missing.get(f, 0.0))
         decision = (
             decide_rate_change(rate, size, ref_rate, ref.events or None, alpha, s.missing_min_effect)

@@ -17,7 +17,8 @@ ROW_COLUMNS: dict[str, tuple[str, str]] = {
     "prediction.label": ("prediction_label", "categorical"),
     "latency_ms": ("latency_ms", "numeric"),
 }
-_COLUMN = {s: col for s, (col, _) in ROW_COLUMNS.items()}
+#: signal -> audit-row column, for the prediction signals (features are read from ``features``)
+ROW_COLUMN = {s: col for s, (col, _) in ROW_COLUMNS.items()}
 
 
 def signal_value(row: Mapping[str, Any], features: Mapping[str, Any], signal: str) -> Any:
@@ -26,5 +27,5 @@ def signal_value(row: Mapping[str, Any], features: Mapping[str, Any], signal: st
     >>> signal_value({"prediction_score": 0.3}, {}, "prediction.score"), signal_value({}, {"a": 2}, "a")
     (0.3, 2)
     """
-    col = _COLUMN.get(signal)
+    col = ROW_COLUMN.get(signal)
     return row.get(col) if col is not None else features.get(signal)
