@@ -143,6 +143,8 @@ class ModelPlan:
     has_spec: bool = True
     version: str = "v1"
     start: dt.datetime = START
+    #: the reference's profile (``predaudit reference build --seasonality``): none | daily | weekly
+    seasonality: str = "none"
 
     def spec_yaml(self) -> str:
         """The model spec (defaults for every monitor setting)."""
@@ -334,12 +336,14 @@ def stationary_wide(scale: float = 1.0, seed: int = 11) -> Scenario:
 
 
 def daily_cycle(scale: float = 1.0, seed: int = 12) -> Scenario:
-    """A feature with a daily sine (amplitude 1 sd), reference = the full day before, then two
-    days with nothing else changing. 2 events/s (600 per 300 s window); ``scale`` lowers the
+    """A feature with a daily sine (amplitude 1 sd), reference = the full day before (built with
+    ``--seasonality daily``, as the README tells a user with daily traffic), then two days with
+    nothing else changing. 2 events/s (600 per 300 s window); ``scale`` lowers the
     rate and widens the window by the same factor (600 events per window stay)."""
     rate, window = 2.0 * scale, int(round(300 / scale))
     feats = (FeatureGen("load", "gauss", 50.0, 5.0, cycle_sd=1.0), *_gauss(4, "f"))
-    plan = ModelPlan("sc_daily", feats, _n(2 * DAY_S * rate, 1), rate, seed, _n(DAY_S * rate, 1))
+    plan = ModelPlan("sc_daily", feats, _n(2 * DAY_S * rate, 1), rate, seed, _n(DAY_S * rate, 1),
+                     seasonality="daily")  # fmt: skip
     return Scenario("daily cycle (1 sd), ref = 1 day", (plan,), "0 false alarms", "quiet", window_s=window)
 
 
@@ -433,7 +437,8 @@ def all_scenarios(scale: float = 1.0) -> list[Scenario]:
 
 
 def reference_doc(plan: ModelPlan) -> dict:
-    """The reference file for a plan (``predaudit reference build`` over its reference part)."""
+    """The reference file for a plan (``predaudit reference build [--seasonality S]`` over its
+    reference part)."""
     import orjson
 
     from schemas import Decoders
@@ -441,4 +446,7 @@ def reference_doc(plan: ModelPlan) -> dict:
 
     dec = Decoders()
     spec = plan.spec()
-    return build_reference((dec.prediction(orjson.dumps(e))[0] for e in plan.reference()), spec, "*")
+    events = (dec.prediction(orjson.dumps(e))[0] for e in plan.reference())
+    if plan.seasonality != "none":
+        return build_reference(events, spec, "*", seasonality=plan.seasonality)
+    return build_reference(events, spec, "*")

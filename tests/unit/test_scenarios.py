@@ -101,7 +101,7 @@ def test_optional_feature_turns_null() -> None:
 def test_daily_cycle_has_the_stated_amplitude_and_reference_is_the_day_before() -> None:
     sc = build("daily_cycle", 0.1)
     plan = sc.plans[0]
-    assert sc.truths == () and sc.expect == "quiet"
+    assert sc.truths == () and sc.expect == "quiet" and plan.seasonality == "daily"
     ref = list(plan.reference())
     assert ref[0]["event_time"] == "2026-02-28T00:00:00.000Z" and ref[-1]["event_time"] < "2026-03-01"
     ev = list(plan.stream())
