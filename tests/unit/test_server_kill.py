@@ -163,7 +163,7 @@ def test_a_body_timeout_names_the_limit(start) -> None:  # noqa: F811
 # -- what a 202 spools --------------------------------------------------------------------------
 def test_accepted_predictions_and_labels_are_spooled_as_their_kind(start) -> None:  # noqa: F811
     sc = start()
-    before = time.time()
+    before, t_start = time.time(), time.perf_counter()
     preds = [good(i) for i in range(2)]
     r = post(sc, orjson.dumps(preds))
     assert r.status_code == 202 and r.json() == {"accepted": 2}
@@ -172,6 +172,7 @@ def test_accepted_predictions_and_labels_are_spooled_as_their_kind(start) -> Non
     r = post(sc, b"\n".join(orjson.dumps(x) for x in labels), "/v1/labels")
     assert r.status_code == 202 and r.json() == {"accepted": 2}
     after = time.time()
+    elapsed = time.perf_counter() - t_start
     got = spooled(sc)
     assert [(x.kind, x.key, x.attributes["event_id"]) for x in got] == [
         ("prediction", preds[0]["model"]["name"], preds[0]["event_id"]),
@@ -191,6 +192,13 @@ def test_accepted_predictions_and_labels_are_spooled_as_their_kind(start) -> Non
     assert 'requests_total{route="/v1/predictions",status="202"} 1.0' in text
     assert 'requests_total{route="/v1/labels",status="202"} 1.0' in text
     assert 'request_seconds_count{route="/v1/labels"} 1.0' in text
+    # the latency histogram measures the request: within the time the test waited for both
+    spent = sum(
+        float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("predaudit_sidecar_request_seconds_sum")
+    )
+    assert 0 < spent <= elapsed
 
 
 # -- 400 ----------------------------------------------------------------------------------------

@@ -782,3 +782,18 @@ def test_interval_mode_fsyncs_in_the_background(tmp_path: pathlib.Path, monkeypa
     wait_for(lambda: str(tmp_path / "seg-00000000000000000001.log") in synced, "a background fsync")
     monkeypatch.undo()
     s.close()
+
+
+def test_the_default_mode_is_interval_and_a_restart_keeps_appending_to_the_last_segment(
+    tmp_path: pathlib.Path,
+) -> None:
+    s = Spool(tmp_path)
+    assert s.fsync_mode == "interval"
+    s.append([rec(0)])
+    s.close()
+    s2 = Spool(tmp_path)  # no failed append before: no fresh segment either
+    s2.append([rec(1)])
+    got = drain(s2)
+    s2.commit(got[0].segment, got[0].end, 1)  # less than a quarter of the segment published
+    assert segment_files(tmp_path) == ["seg-00000000000000000001.log"] and s2.used_bytes == 2 * REC_BYTES
+    s2.close()
