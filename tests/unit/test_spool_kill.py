@@ -797,3 +797,16 @@ def test_the_default_mode_is_interval_and_a_restart_keeps_appending_to_the_last_
     s2.commit(got[0].segment, got[0].end, 1)  # less than a quarter of the segment published
     assert segment_files(tmp_path) == ["seg-00000000000000000001.log"] and s2.used_bytes == 2 * REC_BYTES
     s2.close()
+
+
+def test_never_mode_runs_no_fsync_thread(tmp_path: pathlib.Path) -> None:
+    def fsync_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name == "spool-fsync")
+
+    before = fsync_threads()
+    s = Spool(tmp_path, fsync="never", fsync_interval_s=0.01)
+    assert fsync_threads() == before
+    s.close()
+    s = Spool(tmp_path, fsync="interval", fsync_interval_s=0.01)
+    assert fsync_threads() == before + 1
+    s.close()
