@@ -222,7 +222,7 @@ def test_replay_commits_each_batch_and_a_rerun_skips_what_is_there(service) -> N
     assert params["k0"].values == ["churn", "fraud"] and params["k0"].array_type == "STRING"
     times = [r["event_time"] for r in again]
     assert (params["lo"].value, params["hi"].value) == (from_micros(min(times)), from_micros(max(times)))
-    assert params["lo"].type_ == "TIMESTAMP"
+    assert params["lo"].type_ == params["hi"].type_ == "TIMESTAMP"
     # a batch that is all there already: no stream at all
     streams = len(svc.streams)
     assert drive(sink(), rows) == [] and len(svc.streams) == streams
@@ -591,3 +591,34 @@ def test_legacy_rows_go_as_json_with_rfc3339_times_and_reasons_decide_resend_or_
     assert first_rows[0]["event_time"] == "2026-01-01T00:00:00+00:00" and "latency_ms" not in first_rows[0]
     assert first_rows[3]["ingest_time"] == "2026-01-01T00:00:00.000003+00:00"
     assert first_rows[3]["quality_issues"] == []
+
+
+def test_stream_errors_that_persist_name_their_cause_when_retries_run_out(service) -> None:
+    svc, _, _ = service
+    svc.script = [status(9, "stream finalized")]  # FAILED_PRECONDITION: a new stream, then written
+    assert drive(sink("streaming"), [pred_row(0)]) == []
+    assert len(svc.streams) == 2 and ids(svc.tables["predictions"]) == ids([pred_row(0)])
+    for answers, reason in [
+        ([status(5, "stream gone")] * 3, "gave up after 3 attempts: StreamLost: stream gone (status 5)"),
+        ([EMPTY] * 3, "gave up after 3 attempts: AppendFailed: AppendRows returned no answer"),
+    ]:
+        svc.script = list(answers)
+        with pytest.raises(Exception) as info:  # replay: a sink failure stops the run
+            drive(sink(), [pred_row(1)])
+        failure = find_sink_failure(info.value)
+        assert failure is not None and failure.reason == reason
+
+
+def test_legacy_rows_with_every_transient_reason_are_resent_and_the_reasons_named() -> None:
+    rows = [pred_row(i) for i in range(2)]
+    ids_ = [bigquery.insert_id("predictions", r) for r in rows]
+    every = [{"reason": r} for r in sorted(bigquery.ROW_RETRY_REASONS)]
+    client = InsertAll([{ids_[0]: every}, {}])
+    assert drive(legacy(client), rows) == [] and client.sent[1][1] == [ids_[0]]
+    stuck = {ids_[0]: [{"reason": "stopped"}], ids_[1]: [{"reason": "timeout"}]}
+    client = InsertAll([dict(stuck) for _ in range(9)])
+    with pytest.raises(Exception) as info:
+        drive(legacy(client), rows)
+    failure = find_sink_failure(info.value)
+    assert failure is not None
+    assert failure.reason.endswith("RowsNotWritten: 2 row(s) not written after 2 re-sends: stopped, timeout")
