@@ -545,6 +545,9 @@ def test_emulator_clients_go_to_the_given_endpoints_without_credentials() -> Non
     write = bigquery.write_client(f"http://127.0.0.1:{port}")  # the scheme is dropped: a gRPC target
     with pytest.raises(gexc.ServiceUnavailable, match=f"127.0.0.1:{port}"):
         write.create_write_stream(parent="projects/p/datasets/d/tables/t", retry=None, timeout=20)
+    bare = bigquery.write_client(f"127.0.0.1:{port}")  # host:port as given
+    with pytest.raises(gexc.ServiceUnavailable, match=f"127.0.0.1:{port}"):
+        bare.create_write_stream(parent="projects/p/datasets/d/tables/t", retry=None, timeout=20)
 
 
 # -- legacy insertAll (an emulator endpoint without a gRPC port) ------------------------------
