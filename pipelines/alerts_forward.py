@@ -39,6 +39,8 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from typing import IO, Any
 
+from schemas.cliargs import StrictParser
+
 log = logging.getLogger("predaudit.alerts")
 
 SEVERITIES = ("warning", "critical")
@@ -457,15 +459,6 @@ class Forwarder:
             log.info("nack: %s", exc)
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(**kwargs)
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def _duration(text: str) -> dt.timedelta:
     """``90s``, ``30m``, ``2h``, ``1d`` (a bare number is seconds).
 
@@ -496,7 +489,7 @@ def _positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="predaudit alerts", description="Route anomaly events to alerting.")
+    p = StrictParser(prog="predaudit alerts", description="Route anomaly events to alerting.")
     sub = p.add_subparsers(dest="action", required=True)
     f = sub.add_parser(
         "forward",

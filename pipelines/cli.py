@@ -20,6 +20,7 @@ from typing import IO
 import orjson
 
 from schemas import Decoders, EventValidationError, Limits
+from schemas.cliargs import StrictParser
 from schemas.specs import QualityChecker, SpecError, load_specs
 
 DEFAULT_SPECS = pathlib.Path(__file__).resolve().parent.parent / "schemas" / "models"
@@ -27,17 +28,6 @@ DEFAULT_SPECS = pathlib.Path(__file__).resolve().parent.parent / "schemas" / "mo
 
 class UsageError(Exception):
     """A problem with the command line or its inputs; printed without traceback, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    """No prefix matching; a usage error is one line on stderr and exit 2."""
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(**kwargs)
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _open_lines(path: str) -> Iterator[bytes]:
@@ -323,7 +313,7 @@ def cmd_sidecar(args: argparse.Namespace, out: IO[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="predaudit", description="Streaming prediction audit for ML platforms.")
+    p = StrictParser(prog="predaudit", description="Streaming prediction audit for ML platforms.")
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="validate a JSON Lines file of events against the contract")

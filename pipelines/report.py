@@ -34,6 +34,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
+from schemas.cliargs import StrictParser
+
 PROG = "predaudit report"
 DEFAULT_SPECS = pathlib.Path(__file__).resolve().parent.parent / "schemas" / "models"
 TOP_DRIFTED = 3  # histograms for this many signals (highest PSI in the period)
@@ -1135,17 +1137,8 @@ def render_page(
 # ---------------------------------------------------------------- command line
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(**kwargs)
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
+    p = StrictParser(prog=PROG, description=__doc__.split("\n\n")[0].split(": ", 1)[1])
     p.add_argument("--out", required=True, metavar="FILE", help="the HTML file to write")
     p.add_argument(
         "--model", default="", metavar="M", help="only this model (default: every model in the period)"

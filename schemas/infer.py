@@ -41,6 +41,8 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
+from schemas.cliargs import StrictParser
+
 #: strings a feature may take before it is treated as open-vocabulary (no ``categories`` list)
 MAX_CATEGORIES = 50
 DEFAULT_SAMPLE = 100_000
@@ -282,18 +284,9 @@ def spec_yaml(spec: Mapping[str, Any]) -> str:
 # --- the command line -------------------------------------------------------------------
 
 
-class _Parser(argparse.ArgumentParser):
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("allow_abbrev", False)
-        super().__init__(**kwargs)
-
-    def error(self, message: str):  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="predaudit spec", description="model spec tools")
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = StrictParser(prog="predaudit spec", description="model spec tools")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=StrictParser)
     inf = sub.add_parser(
         "infer",
         help="infer a starting spec from JSONL prediction events",
