@@ -10,6 +10,8 @@ import os
 import pathlib
 import stat
 import struct
+import subprocess
+import sys
 import threading
 import time
 import zlib
@@ -810,3 +812,10 @@ def test_never_mode_runs_no_fsync_thread(tmp_path: pathlib.Path) -> None:
     s = Spool(tmp_path, fsync="interval", fsync_interval_s=0.01)
     assert fsync_threads() == before + 1
     s.close()
+
+
+def test_a_process_that_never_closes_its_spool_still_exits(tmp_path: pathlib.Path) -> None:
+    """The fsync thread is a daemon: a sidecar that dies without close() does not hang at exit."""
+    code = f"from sidecar.spool import Spool; Spool({str(tmp_path)!r}, fsync='interval').append([])"
+    done = subprocess.run([sys.executable, "-c", code], cwd=os.getcwd(), timeout=120, check=False)
+    assert done.returncode == 0
