@@ -363,3 +363,12 @@ def test_sliding_performance_windows() -> None:
             ),
             equal_to([(-30, 30, 1.0, 1), (0, 60, 0.5, 2), (30, 90, 0.0, 1)]),
         )
+
+
+def test_stream_join_without_horizons_waits_an_hour() -> None:
+    """No horizon configured: 3600 s, for a label naming the model and for one naming none."""
+    preds = [pred("fraud", "e1", 0, "legit"), pred("fraud", "e2", 0, "legit")]
+    labels = [label("e1", 3600, "fraud", model="fraud"), label("e2", 3000, "legit")]
+    outcomes, counters = run_join(preds, labels, {"fraud": "classification"}, {}, bounded=False)
+    assert outcomes == [("fraud", "1", 0, 0.0, 0), ("fraud", "1", 0, 1.0, 0)]
+    assert "labels_after_horizon" not in counters
