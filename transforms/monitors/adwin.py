@@ -37,7 +37,7 @@ from river import drift
 from schemas.specs import ModelSpec
 from transforms.metrics import counter
 from transforms.monitors.alerts import anomaly_event
-from transforms.monitors.settings import ModelReference, season_slot
+from transforms.monitors.settings import SLOTS, ModelReference, season_slot
 from transforms.monitors.signals import ROW_COLUMN
 from transforms.monitors.stats import NumericReference
 from transforms.rows import from_micros
@@ -180,8 +180,16 @@ def series_values(
     """
     features = orjson.loads(row["features"])
     refs = ref.signals if ref is not None else {}
+    near, w = None, 0.0
     if ref is not None and ref.profiles:
-        refs = ref.profiles.get(season_slot(row["event_time"], ref.seasonality), refs)
+        # between hour centres the score blends the two nearest hours' profiles (linear in
+        # time), so a cycle's slope within an hour is not read as drift
+        t = row["event_time"]
+        slot = season_slot(t, ref.seasonality)
+        f = (t % 3_600_000_000) / 3_600_000_000 - 0.5
+        slots = SLOTS[ref.seasonality]
+        near = ref.profiles.get((slot + (1 if f > 0 else -1)) % slots)
+        refs, w = ref.profiles.get(slot, refs), abs(f)
     for s, lo, hi in signals:
         col = ROW_COLUMN.get(s)  # signal_value, inlined: this runs per row and signal
         v = row.get(col) if col is not None else features.get(s)
@@ -192,7 +200,11 @@ def series_values(
         if v.__class__ in (float, int) and lo <= v <= hi:
             r = refs.get(s)
             if isinstance(r, NumericReference) and r.quantiles:
-                yield s, r.standardize(v)
+                z = r.standardize(v)
+                other = near.get(s) if near is not None else None
+                if isinstance(other, NumericReference) and other.quantiles:
+                    z = (1.0 - w) * z + w * other.standardize(v)
+                yield s, z
             else:
                 yield s, float(v)
 
