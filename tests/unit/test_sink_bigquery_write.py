@@ -625,3 +625,53 @@ def test_legacy_rows_with_every_transient_reason_are_resent_and_the_reasons_name
     failure = find_sink_failure(info.value)
     assert failure is not None
     assert failure.reason.endswith("RowsNotWritten: 2 row(s) not written after 2 re-sends: stopped, timeout")
+
+
+def test_classify_bigquery_gives_the_whole_verdict() -> None:
+    """Kind, code, reason and fix exactly (the reason is the first line, at most 300 chars)."""
+    import ssl
+
+    import requests
+    from google.auth import exceptions as gauth
+
+    from transforms.sinks.bigquery import classify_bigquery
+
+    def v(exc: BaseException) -> tuple[str, str, str, str]:
+        got = classify_bigquery(exc, "p.d.t", "p", "d")
+        return got.kind, got.code, got.reason, got.fix
+
+    tls = requests.exceptions.SSLError("handshake")
+    tls.__cause__ = ssl.SSLError("handshake")  # how requests chains the ssl error
+    assert v(tls)[:2] == (SINK_FAILURE, "tls") and v(tls)[3] == "check the endpoint's certificate / CA"
+    assert v(tls)[2].startswith("TLS failure: SSLError: ")
+    limited = gexc.Forbidden("slow down", errors=[{"reason": "rateLimitExceeded"}])
+    assert v(limited) == (TRANSIENT, "rate_limited", "Forbidden: 403 slow down", "")
+    assert v(gexc.Unauthorized("no"))[2] == "Unauthorized: 401 no"
+    assert v(gexc.ServiceUnavailable("busy")) == (
+        TRANSIENT,
+        "server_busy",
+        "ServiceUnavailable: 503 busy",
+        "",
+    )
+    assert v(gauth.TransportError("dns")) == (TRANSIENT, "unreachable", "TransportError: dns", "")
+    assert v(gauth.RefreshError("expired")) == (
+        SINK_FAILURE,
+        "auth_failed",
+        "RefreshError: expired",
+        "check the credentials (`gcloud auth application-default login`)",
+    )
+    assert v(requests.ConnectionError("refused")) == (
+        TRANSIENT,
+        "unreachable",
+        "ConnectionError: refused",
+        "",
+    )
+    assert v(KeyError()) == (
+        SINK_FAILURE,
+        "unexpected_error",
+        "KeyError: ",
+        "unexpected error writing p.d.t; see the log",
+    )
+    long = gexc.BadRequest("x" * 400 + "\nsecond")
+    assert v(long)[2] == "BadRequest: " + ("400 " + "x" * 400)[:300]
+    assert "--bq_endpoint" not in classify_bigquery(gexc.NotFound("t"), "p.d.t", "p", "d").fix
