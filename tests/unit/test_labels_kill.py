@@ -189,8 +189,13 @@ STREAM_ROWS = [
     regression_pred("e8", 0, 10.0),
     numeric_label("e8", 50, None),  # not comparable
     label("e10", 100, "legit"),  # model-less: waits the longest horizon (3600 s), not churn's
+    label("e11", 7, "legit", model="fraud"),  # two labels at one time and text wait for
+    label("e11", 7, "legit"),  # the prediction (the ties are ordered by model)
+    pred("fraud", "e11", 0, "legit"),
+    pred("fraud", "e12", 0, "legit"),  # its label comes after the watermark passed 1500 s
 ]
 E10_PRED = pred("fraud", "e10", 1000, "legit")
+E12_LABEL = label("e12", 1400, "fraud", model="fraud")
 
 
 def test_streaming_join_first_label_wins_and_model_less_labels_wait_the_longest_horizon() -> None:
@@ -198,14 +203,16 @@ def test_streaming_join_first_label_wins_and_model_less_labels_wait_the_longest_
         EventStream()
         .add_elements([ts(r) for r in STREAM_ROWS])
         .advance_watermark_to(T0 + 1500)
-        .add_elements([ts(E10_PRED)])
+        .add_elements([ts(E10_PRED), ts(E12_LABEL)])
         .advance_watermark_to_infinity()
     )
     outcomes, _ = run_join([], [], STREAM_TASKS, STREAM_HORIZON, bounded=False, stream=stream)
     assert outcomes == [
         ("fraud", "1", 0, 0.0, 0),  # e2
+        ("fraud", "1", 0, 0.0, 0),  # e11
         ("fraud", "1", 0, 1.0, 0),  # e1
         ("fraud", "1", 0, 1.0, 0),  # e3: the label at 5 s
+        ("fraud", "1", 0, 1.0, 0),  # e12: its prediction waited for it
         ("fraud", "1", 1000, 0.0, 960),  # e10
         ("reg", "1", 0, 2.5, 0),  # e7
     ]
@@ -215,11 +222,11 @@ def test_stream_join_counts_every_label_and_prediction_it_does_not_join() -> Non
     """The streaming join's counters, on the batch runner (the streaming DirectRunner does not
     report a stateful DoFn's counters); these counts do not depend on arrival order."""
     preds = [r for r in [*STREAM_ROWS, E10_PRED] if "prediction_label" in r]
-    labels = [r for r in STREAM_ROWS if "prediction_label" not in r]
+    labels = [r for r in [*STREAM_ROWS, E12_LABEL] if "prediction_label" not in r]
     outcomes, counters = run_join(preds, labels, STREAM_TASKS, STREAM_HORIZON, bounded=False)
-    assert len(outcomes) == 5 and ("reg", "1", 0, 2.5, 0) in outcomes
-    assert counters.get("labels_joined") == 5
-    assert counters.get("labels_duplicate") == 3  # e1, e2, e3
+    assert len(outcomes) == 7 and ("reg", "1", 0, 2.5, 0) in outcomes
+    assert counters.get("labels_joined") == 7
+    assert counters.get("labels_duplicate") == 4  # e1, e2, e3, e11
     assert counters.get("predictions_duplicate_in_join") == 1  # e2
     assert counters.get("labels_after_horizon") == 3  # e4, e9 (past their horizon), e6 (expiry)
     assert counters.get("predictions_unlabeled") == 1  # e5 (e9 had its label, if late)
