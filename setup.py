@@ -35,6 +35,7 @@ PIPELINE_REQUIRES = [
     "clickhouse-connect>=1.12",
     "numpy>=1.26",
     "river>=0.22",
+    "scipy>=1.11",  # transforms/monitors/calibrate.py (chi-square and normal quantiles)
 ]
 
 # local runs, make demo and the tests: embedded ClickHouse (chdb:// DSNs), never on workers

@@ -179,7 +179,9 @@ def cmd_reference_build(args: argparse.Namespace, out: IO[str]) -> int:
 
     version = args.version or "*"
     try:
-        doc = build_reference(events(), spec, version, bins=args.bins, top_k=args.top_k)
+        doc = build_reference(
+            events(), spec, version, bins=args.bins, top_k=args.top_k, seasonality=args.seasonality
+        )
     except ValueError as exc:
         raise UsageError(f"{exc} (versions seen: {dict(versions)})") from None
     if args.version is None and len(versions) == 1:
@@ -412,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     rb.add_argument("--spec", help="model spec file or folder (default: the bundled specs)")
     rb.add_argument("--bins", type=int, default=10)
     rb.add_argument("--top-k", type=int, default=20)
+    rb.add_argument(
+        "--seasonality",
+        choices=["none", "daily", "weekly"],
+        default="none",
+        help="also keep a profile per hour of day / of week (a seasonal signal is compared with its hour)",
+    )
     rb.add_argument("--out", required=True)
     rb.set_defaults(func=cmd_reference_build)
 

@@ -43,7 +43,7 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
     import apache_beam as beam
 
     from transforms.monitors.adwin import AdwinDetect, MonitorAdwin
-    from transforms.monitors.drift import MonitorDrift, _AlertFn
+    from transforms.monitors.drift import AlertFn, MonitorDrift
     from transforms.monitors.labels import JoinLabels, MonitorPerformance, performance_limits
     from transforms.monitors.reference import model_references
 
@@ -51,8 +51,6 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
         return {}
     refs = model_references(specs, opts.references)
     warmup = {n: s for n, s in specs.items() if n not in refs}
-    if not refs and not warmup:
-        return {}
     drift_monitor = MonitorDrift(
         refs,
         opts.monitor_window_s,
@@ -60,10 +58,12 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
         bounded,
         warmup,
         opts.monitor_window_period_s,
+        infer_unknown=True,  # a model without a spec: inferred spec + warm-up baseline
     )
     drift = rows | "MonitorDrift" >> drift_monitor
     monitored = dict(specs)
-    adwin = rows | "MonitorAdwin" >> MonitorAdwin(monitored, bounded)
+    # with the references, ADWIN/CUSUM run on the rank scale and measure changes against them
+    adwin = rows | "MonitorAdwin" >> MonitorAdwin(monitored, bounded, refs)
     metrics, anomalies = [drift["drift_metrics"]], [drift["anomalies"], adwin]
     if labels is not None:
         preds = rows | "AllPredictionRows" >> beam.Flatten() if isinstance(rows, tuple | list) else rows
@@ -87,7 +87,7 @@ def monitors(rows, opts, specs: dict[str, ModelSpec], bounded: bool, labels=None
         anomalies.append(
             perf["breaches"]
             | "PerformanceGlobal" >> beam.WindowInto(beam.transforms.window.GlobalWindows())
-            | "AlertPerformance" >> beam.ParDo(_AlertFn(drift_monitor.settings))
+            | "AlertPerformance" >> beam.ParDo(AlertFn(drift_monitor.settings))
         )
         settings = MonitorAdwin(monitored, bounded).settings
         anomalies.append(

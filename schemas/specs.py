@@ -55,6 +55,13 @@ class PsiSettings(msgspec.Struct, forbid_unknown_fields=True):
     warning: float = 0.1
     critical: float = 0.25
     top_k: int = 20
+    #: calibrated: judged by PSI's null distribution at the window's n (+ min_effect);
+    #: fixed: by warning / critical above
+    mode: Literal["calibrated", "fixed"] = "calibrated"
+    #: family-wise false-alarm probability per model and window (Bonferroni over its tests)
+    alpha: float = 1e-4
+    #: smallest PSI that alerts in calibrated mode (~0.14 sd of a normal mean)
+    min_effect: float = 0.02
 
 
 class AdwinSettings(msgspec.Struct, forbid_unknown_fields=True):
@@ -64,6 +71,9 @@ class AdwinSettings(msgspec.Struct, forbid_unknown_fields=True):
     min_effect_sd: float = 0.2
     #: values after a detection over which its effect is measured before it may alert
     confirm_events: int = 200
+    #: CUSUM on reference-standardized values: allowance k and decision interval h (in sd)
+    cusum_k: float = 0.1
+    cusum_h: float = 100.0
 
 
 class RateThresholds(msgspec.Struct, forbid_unknown_fields=True):
@@ -97,6 +107,10 @@ class MonitorSettings(msgspec.Struct, forbid_unknown_fields=True):
     label_join_horizon_seconds: int = 3600
     cooldown_seconds: int = 3600
     reference: str | None = None
+    #: smallest change of a feature's missing-value rate that alerts
+    missing_min_effect: float = 0.02
+    #: a window under min_sample_size events is merged with the following ones
+    merge_small_windows: bool = True
 
 
 class PredictionSpec(msgspec.Struct, forbid_unknown_fields=True):
@@ -159,6 +173,14 @@ def _semantic_checks(spec: ModelSpec, file: str) -> None:
         r = getattr(m, key)
         if not 0 < r.warning <= r.critical <= 1:
             raise SpecError(file, f"monitors.{key}", "need 0 < warning <= critical <= 1")
+    if not 0 < m.psi.alpha < 1:
+        raise SpecError(file, "monitors.psi.alpha", f"must be in (0, 1), got {m.psi.alpha}")
+    if m.psi.min_effect < 0 or not 0 <= m.missing_min_effect < 1:
+        raise SpecError(
+            file, "monitors.psi.min_effect", "need min_effect >= 0 and 0 <= missing_min_effect < 1"
+        )
+    if m.adwin.cusum_k < 0 or m.adwin.cusum_h <= 0:
+        raise SpecError(file, "monitors.adwin", "need cusum_k >= 0 and cusum_h > 0")
     if not 0 < m.psi.epsilon < 0.01:
         raise SpecError(file, "monitors.psi.epsilon", f"must be in (0, 0.01), got {m.psi.epsilon}")
 

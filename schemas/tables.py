@@ -231,6 +231,13 @@ DRIFT_METRICS = Table(
         _c("epsilon", "float"),
         _c("bins", "int"),
         _c("reference_id", "string"),
+        _c(
+            "threshold",
+            "float",
+            False,
+            "The threshold the value was judged by (calibrated or fixed); null if not judged.",
+        ),
+        _c("baseline", "lowcard", False, "reference | seasonal | warmup | inferred | labels"),
     ),
     time_column="window_start",
     key="metric_id",
