@@ -208,15 +208,16 @@ def parse_spec(text: str | bytes, file: str = "<spec>") -> ModelSpec:
 
 def load_specs(path: str | os.PathLike) -> dict[str, ModelSpec]:
     """Load a spec file or every ``*.yaml``/``*.yml`` in a folder, keyed by model name."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise SpecError(str(p), "$", "no such file or folder")
-    files = sorted(list(p.glob("*.yaml")) + list(p.glob("*.yml"))) if p.is_dir() else [p]
+    from schemas import fsio  # local paths or any Beam filesystem (gs://...)
+
+    files = fsio.folder_files(path, ("*.yaml", "*.yml"))
+    if files is None:
+        raise SpecError(str(path), "$", "no such file or folder")
     if not files:
-        raise SpecError(str(p), "$", "folder holds no *.yaml model spec")
+        raise SpecError(str(path), "$", "folder holds no *.yaml model spec")
     specs: dict[str, ModelSpec] = {}
     for f in files:
-        spec = parse_spec(f.read_bytes(), str(f))
+        spec = parse_spec(fsio.read_bytes(f), f)
         if spec.name in specs:
             raise SpecError(str(f), "name", f"model {spec.name!r} is defined twice")
         specs[spec.name] = spec

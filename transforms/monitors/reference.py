@@ -11,13 +11,13 @@ events of the version.
 
 from __future__ import annotations
 
-import pathlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
 
+from schemas import fsio
 from schemas.specs import ModelSpec
 from transforms.monitors.settings import SLOTS, ModelReference, drift_settings, season_slot
 from transforms.monitors.stats import (
@@ -191,13 +191,13 @@ def model_references(specs: Mapping[str, ModelSpec], references_dir: str = "") -
     """
     out = {}
     for name, spec in specs.items():
-        candidates = [pathlib.Path(references_dir) / f"{name}.json"] if references_dir else []
+        candidates = [fsio.join(references_dir, f"{name}.json")] if references_dir else []
         if spec.monitors.reference:
-            candidates.append(pathlib.Path(spec.monitors.reference))
-        path = next((c for c in candidates if c.is_file()), None)
+            candidates.append(spec.monitors.reference)
+        path = next((c for c in candidates if fsio.is_file(c)), None)
         if path is None:
             continue
-        doc = orjson.loads(path.read_bytes())
+        doc = orjson.loads(fsio.read_bytes(path))
         if doc.get("model") != name:
             raise ValueError(f"{path}: reference is for model {doc.get('model')!r}, not {name!r}")
         out[name] = reference_from_doc(doc, spec)
