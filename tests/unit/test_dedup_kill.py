@@ -338,7 +338,7 @@ class _Timer:
 def test_streaming_state_counts_each_copy_and_expires_one_horizon_after_the_event() -> None:
     """The stream's counters (the DirectRunner reports none for a TestStream pipeline), read
     from the step's MetricsContainer as a runner records them."""
-    from tests.unit.test_sinks_contract import counted
+    from tests.beam_helpers import counted
     from transforms.dedup import _DedupFn
 
     first = prediction("fraud", "evt-00000017", 0.9, ingest_s=1)
@@ -364,7 +364,7 @@ def test_streaming_state_counts_each_copy_and_expires_one_horizon_after_the_even
 
 def test_first_of_group_directly_keeps_the_first_copy_and_says_why_for_each_other() -> None:
     """The replay's per-key step without a pipeline (fast: mutation testing runs it first)."""
-    from tests.unit.test_sinks_contract import counted
+    from tests.beam_helpers import counted
     from transforms.dedup import _FirstOfGroup
 
     first = prediction("fraud", "evt-00000018", 0.9, ingest_s=1, event_time="2026-03-01T12:00:00Z")

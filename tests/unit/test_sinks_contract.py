@@ -9,28 +9,23 @@ tests/unit/test_sinks.py.
 
 from __future__ import annotations
 
-import contextlib
 import http.server
 import logging
 import pickle
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import apache_beam as beam
 import pytest
-from apache_beam.metrics.execution import MetricsContainer
-from apache_beam.metrics.metricbase import MetricName
-from apache_beam.runners.worker import statesampler
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
-from apache_beam.utils.counters import CounterFactory
 from apache_beam.utils.timestamp import Timestamp
 
+from tests.beam_helpers import counted
 from tests.unit.test_sinks import CALLS, STORE, MemorySink, SinkDown, drive, pred_row, stored
-from transforms.metrics import NAMESPACE
 from transforms.sinks.base import LogLimiter, SinkFn, cached_client
 from transforms.sinks.errors import (
     MARKER,
@@ -49,19 +44,6 @@ from transforms.sinks.retry import RetriesExhausted, RetryPolicy, call_with_retr
 from transforms.sinks.write import WriteAudit
 
 FAST = RetryPolicy(attempts=3, base_delay_s=0.0)
-
-
-@contextlib.contextmanager
-def counted() -> Iterator[Callable[[str], int]]:
-    """Counters incremented inside the block, as a runner's step container records them."""
-    sampler = statesampler.StateSampler("test", CounterFactory())
-    statesampler.set_current_tracker(sampler)
-    container = MetricsContainer("sink")
-    try:
-        with sampler.scoped_state("sink", "process", metrics_container=container):
-            yield lambda name: container.get_counter(MetricName(NAMESPACE, name)).get_cumulative()
-    finally:
-        statesampler.set_current_tracker(None)
 
 
 def key() -> str:
