@@ -139,7 +139,10 @@ class DedupByEventId(beam.PTransform):
         self.horizon_s, self.name, self.key = horizon_s, name, key_fn(key)
 
     def expand(self, rows: beam.PCollection) -> pvalue.DoOutputsTuple:
-        keyed = rows | "KeyBy" >> beam.Map(lambda r, k: (k(r), r), self.key)
+        # typed keys: a deterministic key coder for the state and the grouping (no coder warning)
+        keyed = rows | "KeyBy" >> beam.Map(lambda r, k: (k(r), r), self.key).with_output_types(
+            tuple[str, Any]
+        )
         if rows.is_bounded:
             # replay: the whole input is known, so a GroupByKey is exact (and ~25x faster than
             # per-element state on the DirectRunner); the horizon only matters for streams
