@@ -389,10 +389,17 @@ class MonitorAdwin(beam.PTransform):
         parts = rows if isinstance(rows, tuple | list) else (rows,)
         values = [
             pc
-            | f"SeriesValues{i}" >> beam.ParDo(_SeriesValuesFn(self.settings, self.signals, self.references))
+            | f"SeriesValues{i}"
+            >> beam.ParDo(_SeriesValuesFn(self.settings, self.signals, self.references)).with_output_types(
+                tuple[str, Any]
+            )
             for i, pc in enumerate(parts)
         ]
-        merged = values[0] if len(values) == 1 else values | "AllSeries" >> beam.Flatten()
+        merged = (
+            values[0]
+            if len(values) == 1
+            else values | "AllSeries" >> beam.Flatten().with_output_types(tuple[str, Any])
+        )
         return merged | "Detect" >> AdwinDetect(self.settings, self.bounded)
 
 

@@ -753,7 +753,8 @@ class MonitorDrift(beam.PTransform):
             referenced = frozenset(self.references) if self.infer_unknown else None
             binned += [
                 pc
-                | f"WarmupKeys{i}" >> beam.FlatMap(_warmup_keys, models, referenced)
+                | f"WarmupKeys{i}"
+                >> beam.FlatMap(_warmup_keys, models, referenced).with_output_types(tuple[str, Any])
                 | f"Warmup{i}" >> beam.ParDo(_WarmupFn(self.warmup, self.settings, self.step_s))
                 for i, pc in enumerate(parts)
             ]
@@ -781,13 +782,13 @@ class MonitorDrift(beam.PTransform):
         )
         traffic = (
             windowed
-            | "TrafficCounts" >> beam.ParDo(_TrafficCountFn())
+            | "TrafficCounts" >> beam.ParDo(_TrafficCountFn()).with_output_types(tuple[str, Any])
             | "TrafficGlobal" >> beam.WindowInto(window.GlobalWindows())
             | "Traffic" >> beam.ParDo(_TrafficFn(self.settings, self.window_s, self.step_s, self.bounded))
         )
         anomalies = (
             (stats.breaches | "GlobalWindow" >> beam.WindowInto(window.GlobalWindows()), traffic)
-            | "AllBreaches" >> beam.Flatten()
+            | "AllBreaches" >> beam.Flatten().with_output_types(tuple[str, Any])
             | "Alert" >> beam.ParDo(AlertFn(self.settings))
         )
         # one windowing for every monitor's metrics (merged spans are global): they are flattened

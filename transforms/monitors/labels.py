@@ -279,7 +279,7 @@ class JoinLabels(beam.PTransform):
             lambda e: [pred_summary(r) for r in rows(e) if r["model_name"] in models]
         )
         lb = labels | "LabelKeys" >> beam.FlatMap(lambda e: [label_summary(r) for r in rows(e)])
-        both = (p, lb) | "PredsAndLabels" >> beam.Flatten()
+        both = (p, lb) | "PredsAndLabels" >> beam.Flatten().with_output_types(tuple[str, Any])
         if self.bounded:
             return (
                 both
@@ -379,7 +379,10 @@ class MonitorPerformance(beam.PTransform):
             | "Key" >> beam.Map(lambda o: ((o[0], o[1]), (1, o[3], o[3] * o[3])))
             | "Window" >> monitor_windows(self.window_s, self.allowed_lateness_s, self.period_s)
             | "Sum" >> beam.CombinePerKey(_sum3)
-            | "Metrics" >> beam.ParDo(_PerformanceFn(*self.args)).with_outputs(DRIFT_METRICS, main="breaches")
+            | "Metrics"
+            >> beam.ParDo(_PerformanceFn(*self.args))
+            .with_output_types(tuple[str, Any])
+            .with_outputs(DRIFT_METRICS, main="breaches")
         )
         # global like MonitorDrift's metrics (its merged low-traffic spans), so they flatten together
         metrics = stats[DRIFT_METRICS] | "MetricsGlobal" >> beam.WindowInto(window.GlobalWindows())
