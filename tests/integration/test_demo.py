@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -41,14 +42,24 @@ def test_demo_passes_pinned_to_one_core(tmp_path: pathlib.Path) -> None:
     env.pop("PUBSUB_EMULATOR_HOST", None)  # the demo starts its own emulators
     exe = pathlib.Path(sys.executable).with_name("predaudit")
     t0 = time.monotonic()
-    proc = subprocess.run(
+    # its own session, so a timeout also stops the emulators it started (no orphans)
+    demo = subprocess.Popen(
         [str(exe), "demo", "--events", str(DEMO_EVENTS)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         env=env,
         preexec_fn=_pin_to_one_cpu,
-        timeout=300,
+        start_new_session=True,
     )
+    try:
+        # a safety net only: the demo fails by itself after 60 s without progress
+        stdout, stderr = demo.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        os.killpg(demo.pid, signal.SIGKILL)
+        stdout, stderr = demo.communicate()
+        pytest.fail(f"the demo ran over 600 s\n{stdout[-3000:]}\n{stderr[-3000:]}")
+    proc = subprocess.CompletedProcess(demo.args, demo.returncode, stdout, stderr)
     took = time.monotonic() - t0
     out = proc.stdout
     assert proc.returncode == 0, (
@@ -68,6 +79,8 @@ def test_demo_passes_pinned_to_one_core(tmp_path: pathlib.Path) -> None:
     assert "conservation: events in = audit rows + dead letters + duplicates: OK" in out
     assert "MISMATCH" not in out
     assert re.search(r"\d+\.\d rows/s", out)  # the progress line shows the rate
+    report = re.search(r"^report: (\S+\.html) \(1 model\(s\), ([\d,]+) predictions", out, re.M)
+    assert report and pathlib.Path(report.group(1)).is_file(), "make demo ends by writing the report"
 
     # the summary ends with where the data is and a query that works now that the demo exited
     tail = out[out.index("where the data is") :]
