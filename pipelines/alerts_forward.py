@@ -291,6 +291,9 @@ class Forwarder:
     ack_extension_s: int = 60
     stop: threading.Event = dataclasses.field(default_factory=threading.Event)
     stats: Stats = dataclasses.field(default_factory=Stats)
+    # Wall-clock time on purpose: Alertmanager expires a firing alert at its endsAt against its own
+    # clock, so "firing for --firing-for from now" must be now; startsAt/endsAt of real events still
+    # come from the event's time. Not a Beam transform (this is the alert router process).
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.timezone.utc)
 
     @property

@@ -1187,7 +1187,7 @@ def write_report(
         ((newest,),) = src.rows(f"SELECT MAX(event_time) FROM {{db}}.predictions {mfilter}")
         newest = _aware(newest) if isinstance(newest, dt.datetime) else None
         if newest is None or newest.timestamp() <= 0:  # an empty table's max() is the epoch in ClickHouse
-            newest = dt.datetime.now(dt.timezone.utc)
+            newest = dt.datetime.now(dt.timezone.utc)  # no rows at all: the period ends now (empty page)
         until = newest + dt.timedelta(microseconds=1)  # the newest row is inside [lo, hi)
     lo = until - since
     models = [
@@ -1207,6 +1207,7 @@ def write_report(
         if isinstance(first, dt.datetime):
             lo = max(lo, _aware(first).replace(second=0, microsecond=0))
     reports = [collect(src, m, lo, until, specs or {}, references_dir) for m in models]
+    # the page's "generated at" stamp (when the report was written); every chart uses event time
     page = render_page(reports, src.where, lo, until, dt.datetime.now(dt.timezone.utc))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")
